@@ -1,0 +1,95 @@
+"""ftrain: a functional training toolkit for PyTorch.
+
+A training run is data (`TrainState`) flowing through plain functions (`train_step`,
+`eval_epoch`, `fit`, ...). The documentation lives in the `docs/` folder of the source tree.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import callbacks as callbacks
+from . import strategies as strategies
+from . import testing as testing
+from ._batch import batch_size as batch_size
+from ._batch import move as move
+from ._callback import chain as chain
+from ._callback import every as every
+from ._callback import on as on
+from ._callback import when as when
+from ._data import EpochSampler as EpochSampler
+from ._data import prepare_loader as prepare_loader
+from ._errors import CallbackSignatureError as CallbackSignatureError
+from ._errors import FtrainError as FtrainError
+from ._errors import NonFiniteError as NonFiniteError
+from ._errors import PlacementError as PlacementError
+from ._errors import StaleStateError as StaleStateError
+from ._events import EpochEnd as EpochEnd
+from ._events import EpochStart as EpochStart
+from ._events import EvalEnd as EvalEnd
+from ._events import FitEnd as FitEnd
+from ._events import FitStart as FitStart
+from ._events import IntervalEnd as IntervalEnd
+from ._events import StepEnd as StepEnd
+from ._loop import eval_epoch as eval_epoch
+from ._loop import fit as fit
+from ._loop import train_epoch as train_epoch
+from ._loss import supervised as supervised
+from ._place import place as place
+from ._state import TrainState as TrainState
+from ._state import fork as fork
+from ._step import apply_gradients as apply_gradients
+from ._step import eval_step as eval_step
+from ._step import forward_backward as forward_backward
+from ._step import train_step as train_step
+from ._typing import Callback as Callback
+from ._typing import LossFn as LossFn
+from ._typing import StepFn as StepFn
+from ._typing import Strategy as Strategy
+from .strategies import SingleDevice as SingleDevice
+
+try:
+    __version__ = version("torch-ftrain")
+except PackageNotFoundError:  # running from a source tree without installing
+    __version__ = "0.0.0+unknown"
+
+__all__ = (
+    "CallbackSignatureError",
+    "Callback",
+    "EpochEnd",
+    "EpochSampler",
+    "EpochStart",
+    "EvalEnd",
+    "FitEnd",
+    "FitStart",
+    "FtrainError",
+    "IntervalEnd",
+    "LossFn",
+    "NonFiniteError",
+    "PlacementError",
+    "SingleDevice",
+    "StaleStateError",
+    "StepEnd",
+    "StepFn",
+    "Strategy",
+    "TrainState",
+    "__version__",
+    "apply_gradients",
+    "batch_size",
+    "callbacks",
+    "chain",
+    "eval_epoch",
+    "eval_step",
+    "every",
+    "fit",
+    "fork",
+    "forward_backward",
+    "move",
+    "on",
+    "place",
+    "prepare_loader",
+    "strategies",
+    "supervised",
+    "testing",
+    "train_epoch",
+    "train_step",
+    "when",
+)

@@ -1,0 +1,187 @@
+"""Callback combinators: `chain`, `every`, `on`, `when`.
+
+A callback is any callable ``(state, event) -> state``. These helpers build new callbacks from old
+ones; they hold no mutable state of their own.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Sequence
+from functools import reduce
+from typing import Any
+
+import attrs
+
+from ._errors import CallbackSignatureError
+from ._events import EpochEnd, EvalEnd, IntervalEnd, StepEnd
+from ._state import TrainState
+from ._typing import Callback
+
+__all__ = ["chain", "check_callbacks", "every", "on", "when"]
+
+
+@attrs.frozen
+class _Chain:
+    callbacks: tuple[Callback, ...]
+
+    def __call__(self, state: TrainState, event: Any) -> TrainState:
+        return reduce(lambda s, cb: _checked(cb(s, event), cb, event), self.callbacks, state)
+
+
+def chain(*callbacks: Callback) -> Callback:
+    """Apply ``callbacks`` in order, threading the state through each one.
+
+    The order is the order given, every time, for every event: no hidden priorities.
+
+    Example:
+        >>> import ftrain
+        >>> seen = []
+        >>> log = lambda state, event: (seen.append(type(event).__name__), state)[1]
+        >>> cb = ftrain.chain(log, log)
+        >>> state = cb(ftrain.testing.toy_state(), ftrain.FitStart(0, 0, 1, None))
+        >>> seen
+        ['FitStart', 'FitStart']
+    """
+    flat: list[Callback] = []
+    for cb in check_callbacks(callbacks, "chain"):
+        flat.extend(cb.callbacks if isinstance(cb, _Chain) else (cb,))
+    return _Chain(tuple(flat))
+
+
+@attrs.frozen
+class _On:
+    types: tuple[type, ...]
+    callback: Callback
+
+    def __call__(self, state: TrainState, event: Any) -> TrainState:
+        if isinstance(event, self.types):
+            return self.callback(state, event)
+        return state
+
+
+def on(event_type: type | tuple[type, ...], callback: Callback) -> Callback:
+    """Call ``callback`` only for events of ``event_type`` (a type or a tuple of types).
+
+    Example:
+        >>> import ftrain
+        >>> cb = ftrain.on(ftrain.EpochEnd, lambda state, event: state.replace(should_stop=True))
+        >>> cb(ftrain.testing.toy_state(), ftrain.FitStart(0, 0, 1, None)).should_stop
+        False
+    """
+    types = event_type if isinstance(event_type, tuple) else (event_type,)
+    if not types or not all(isinstance(t, type) for t in types):
+        msg = f"`event_type` must be an event class or a tuple of them (got {event_type!r})."
+        raise TypeError(msg)
+    check_callbacks((callback,), "on")
+    return _On(types, callback)
+
+
+_COUNTERS: dict[type, Callable[[Any], int]] = {
+    StepEnd: lambda e: e.step,
+    IntervalEnd: lambda e: e.step,
+    EpochEnd: lambda e: e.epoch + 1,
+    EvalEnd: lambda e: e.epoch + 1,
+}
+
+
+@attrs.frozen
+class _Every:
+    n: int
+    event_type: type
+    callback: Callback
+
+    def __call__(self, state: TrainState, event: Any) -> TrainState:
+        if isinstance(event, self.event_type) and _COUNTERS[self.event_type](event) % self.n == 0:
+            return self.callback(state, event)
+        return state
+
+
+def every(n: int, callback: Callback, *, event_type: type = StepEnd) -> Callback:
+    """Call ``callback`` on every ``n``-th event of ``event_type`` (default `StepEnd`).
+
+    Steps are counted by ``state.step`` (optimizer steps), epochs by the number of completed
+    epochs, so ``every(2, cb, event_type=EpochEnd)`` fires after epochs 2, 4, ...
+
+    Example:
+        >>> import ftrain
+        >>> cb = ftrain.every(100, lambda state, event: state.replace(should_stop=True))
+        >>> event = ftrain.StepEnd(step=100, epoch=0, batch=99, metrics={}, batch_size=8)
+        >>> cb(ftrain.testing.toy_state(), event).should_stop
+        True
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        msg = f"`n` must be a positive int (got {n!r})."
+        raise ValueError(msg)
+    if event_type not in _COUNTERS:
+        names = ", ".join(t.__name__ for t in _COUNTERS)
+        msg = f"`event_type` must be one of {names} (got {event_type!r})."
+        raise ValueError(msg)
+    check_callbacks((callback,), "every")
+    return _Every(n, event_type, callback)
+
+
+@attrs.frozen
+class _When:
+    predicate: Callable[[TrainState, Any], bool]
+    callback: Callback
+
+    def __call__(self, state: TrainState, event: Any) -> TrainState:
+        return self.callback(state, event) if self.predicate(state, event) else state
+
+
+def when(predicate: Callable[[TrainState, Any], bool], callback: Callback) -> Callback:
+    """Call ``callback`` only when ``predicate(state, event)`` is true.
+
+    Example:
+        >>> import ftrain
+        >>> late = ftrain.when(lambda s, e: s.step >= 10, lambda s, e: s.replace(should_stop=True))
+        >>> late(ftrain.testing.toy_state(), None).should_stop
+        False
+    """
+    check_callbacks((predicate,), "when", what="predicate")
+    check_callbacks((callback,), "when")
+    return _When(predicate, callback)
+
+
+def check_callbacks(
+    callbacks: Iterable[Any], where: str, *, what: str = "callback"
+) -> Sequence[Callback]:
+    """Check, once at registration, that each callback can be called as ``cb(state, event)``."""
+    if callable(callbacks) and not isinstance(callbacks, Sequence):
+        callbacks = (callbacks,)
+    out = []
+    for i, cb in enumerate(callbacks):
+        name = getattr(cb, "__name__", type(cb).__name__)
+        if not callable(cb):
+            msg = (
+                f"{what} {i} passed to `{where}` must be callable as {what}(state, event) "
+                f"(got {type(cb).__name__} {cb!r})."
+            )
+            raise CallbackSignatureError(msg)
+        try:
+            sig = inspect.signature(cb)
+        except (TypeError, ValueError):
+            out.append(cb)
+            continue
+        try:
+            sig.bind(None, None)
+        except TypeError:
+            msg = (
+                f"{what} {name!r} passed to `{where}` must accept (state, event), but its "
+                f"signature is {sig}. A callback is a function (state, event) -> state."
+            )
+            raise CallbackSignatureError(msg) from None
+        out.append(cb)
+    return out
+
+
+def _checked(result: Any, cb: Any, event: Any) -> TrainState:
+    if type(result) is not TrainState:
+        name = getattr(cb, "__name__", type(cb).__name__)
+        msg = (
+            f"callback {name!r} must return a TrainState (got {type(result).__name__} on "
+            f"{type(event).__name__}). An observer returns the state it was given."
+        )
+        raise CallbackSignatureError(msg)
+    return result

@@ -1,0 +1,346 @@
+"""The loops: `train_epoch`, `eval_epoch` and `fit`, which is a short composition of the two.
+
+Host syncs happen only at log-interval boundaries and at the end of an epoch, once each (see
+`MeanAccumulator`). Everything `fit` does, a hand-written loop can do with the same public
+functions; ``tests/test_loop.py`` shows one reproducing `fit` exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from toolz import keymap
+
+from ._batch import batch_size
+from ._callback import chain, check_callbacks
+from ._data import num_batches, prepare_loader, start_epoch
+from ._events import EpochEnd, EpochStart, EvalEnd, FitEnd, FitStart, IntervalEnd, StepEnd
+from ._metrics import MeanAccumulator, check_finite, means, merge_sums
+from ._state import TrainState, check_live, update
+from ._step import eval_metrics, eval_mode, train_step
+from ._typing import Callback, StepFn
+
+__all__ = ["eval_epoch", "fit", "train_epoch"]
+
+_Plateau = torch.optim.lr_scheduler.ReduceLROnPlateau
+
+
+def train_epoch(
+    state: TrainState,
+    loader: Iterable[Any],
+    callbacks: Sequence[Callback] = (),
+    *,
+    step_fn: StepFn = train_step,
+    max_batches: int | None = None,
+    max_steps: int | None = None,
+    log_every_n_steps: int = 50,
+) -> tuple[TrainState, dict[str, float]]:
+    """Train on one epoch of ``loader`` (or the rest of it, for a state resumed mid-epoch).
+
+    Emits `EpochStart`, `StepEnd` per batch, `IntervalEnd` every ``log_every_n_steps`` optimizer
+    steps, and `EpochEnd` to ``callbacks``. Stops early when a callback sets
+    ``state.should_stop``, after ``max_batches`` batches of the epoch, or at ``max_steps``; an
+    epoch stopped early stays open (``state.epoch_batch`` says where) and the next call continues
+    it. A finished epoch increments ``state.epoch`` and steps an ``"epoch"``-interval scheduler.
+
+    Args:
+        state: a live state; consumed.
+        loader: a DataLoader (order seeded from ``state``, see `prepare_loader`) or any iterable.
+        callbacks: callables ``(state, event) -> state``, applied in order.
+        step_fn: the training step, `train_step` or a transformed one.
+        max_batches: a limit on the batches of the epoch (for quick runs).
+        max_steps: stop when ``state.step`` reaches it.
+        log_every_n_steps: the log interval: metrics are synced to the host once per interval.
+
+    Returns:
+        ``(new_state, logs)``: ``logs`` has ``train_<metric>`` sample-weighted means over the
+        epoch, ``lr``, ``epoch_time`` (seconds of this call) and ``samples_per_sec``.
+
+    Raises:
+        ValueError: the loader yielded no batch, or an argument is out of range.
+        NonFiniteError: the loss became NaN or infinite (checked at each log interval).
+    """
+    check_live(state, "train_epoch")
+    _check_positive("log_every_n_steps", log_every_n_steps)
+    _check_limit("max_batches", max_batches)
+    _check_limit("max_steps", max_steps)
+    cb = chain(*callbacks) if callbacks else None
+    loader = prepare_loader(state, loader)
+    reduce_sum = _reducer(state)
+    total = num_batches(loader)
+    if total is not None and max_batches is not None:
+        total = min(total, max_batches)
+    if cb is not None:
+        state = cb(state, EpochStart(state.epoch, total, state.epoch_batch))
+    totals = dict(state.epoch_totals) if state.epoch_batch else {}
+    interval = MeanAccumulator(state.step)
+    position, samples, last_log = state.epoch_batch, 0, state.step
+    finished = True
+    t0 = time.perf_counter()
+    for batch in start_epoch(loader, state):
+        n = batch_size(batch)
+        state, metrics = step_fn(state, batch)
+        position += 1
+        samples += n
+        interval.add(metrics, metrics.get("count", n))
+        if cb is not None:
+            state = update(state, epoch_batch=position)
+            state = cb(state, StepEnd(state.step, state.epoch, position - 1, metrics, n))
+        if state.step != last_log and state.step % log_every_n_steps == 0:
+            last_log = state.step
+            sums = interval.sums(reduce_sum)
+            check_finite(means(sums), interval, "training")
+            totals = merge_sums(totals, sums)
+            interval = MeanAccumulator(state.step)
+            state = update(state, epoch_batch=position, epoch_totals=totals)
+            if cb is not None:
+                event = IntervalEnd(state.step, state.epoch, keymap(_train_key, means(sums)))
+                state = cb(state, event)
+        if (
+            state.should_stop
+            or (max_batches is not None and position >= max_batches)
+            or (max_steps is not None and state.step >= max_steps)
+        ):
+            finished = (max_batches is not None and position >= max_batches) or (
+                total is not None and position >= total
+            )
+            break
+    if position == 0:
+        msg = (
+            "`loader` passed to `train_epoch` yielded no batches. Check the dataset length, "
+            "batch_size and drop_last (and, when distributed, that every process gets data)."
+        )
+        raise ValueError(msg)
+    sums = interval.sums(reduce_sum)
+    check_finite(means(sums), interval, "training")
+    totals = merge_sums(totals, sums)
+    elapsed = time.perf_counter() - t0
+    logs = keymap(_train_key, means(totals))
+    logs.update(lr=state.lr, epoch_time=elapsed, samples_per_sec=samples / max(elapsed, 1e-9))
+    if finished:
+        epoch = state.epoch
+        _step_epoch_scheduler(state)
+        state = update(state, epoch=epoch + 1, epoch_batch=0, epoch_totals={})
+        if cb is not None:
+            state = cb(state, EpochEnd(epoch, state.step, logs))
+    else:
+        state = update(state, epoch_batch=position, epoch_totals=totals)
+    return state, logs
+
+
+def eval_epoch(
+    state: TrainState,
+    loader: Iterable[Any],
+    *,
+    max_batches: int | None = None,
+    prefix: str = "",
+) -> dict[str, float]:
+    """Measure ``loss_fn`` over ``loader`` in eval mode, without gradients.
+
+    Every sample counts once: batches are weighted by their sample count, and under DDP/FSDP
+    each process evaluates its own share and the sums are combined in one collective.
+
+    Args:
+        state: a live state; left as it was (module ``training`` flags are restored).
+        loader: a DataLoader or any iterable of batches.
+        max_batches: evaluate at most this many batches.
+        prefix: prepended to every key, e.g. ``"val_"``.
+
+    Returns:
+        Sample-weighted means as floats, e.g. ``{"loss": 0.31, "acc": 0.9}``.
+
+    Example:
+        >>> import ftrain
+        >>> state = ftrain.testing.toy_state()
+        >>> metrics = ftrain.eval_epoch(state, [ftrain.testing.toy_batch()], prefix="val_")
+        >>> sorted(metrics)
+        ['val_loss']
+    """
+    check_live(state, "eval_epoch")
+    _check_limit("max_batches", max_batches)
+    loader = prepare_loader(state, loader, train=False)
+    acc = MeanAccumulator(state.step)
+    with eval_mode(state.model):
+        for i, batch in enumerate(start_epoch(loader, update(state, epoch_batch=0))):
+            if max_batches is not None and i >= max_batches:
+                break
+            metrics = eval_metrics(state, batch)
+            acc.add(metrics, metrics.get("count", batch_size(batch)))
+    sums = acc.sums(_reducer(state))
+    if not sums:
+        msg = "`loader` passed to `eval_epoch` yielded no batches."
+        raise ValueError(msg)
+    return {prefix + k: v for k, v in means(sums).items()}
+
+
+def fit(
+    state: TrainState,
+    loaders: Any,
+    callbacks: Sequence[Callback] = (),
+    *,
+    max_epochs: int | None = None,
+    max_steps: int | None = None,
+    step_fn: StepFn = train_step,
+    val_every_n_epochs: int = 1,
+    val_every_n_steps: int | None = None,
+    limit_train_batches: int | None = None,
+    limit_val_batches: int | None = None,
+    log_every_n_steps: int = 50,
+) -> tuple[TrainState, list[dict[str, Any]]]:
+    """Train until ``max_epochs`` or ``max_steps`` (totals for the run) or a callback stops it.
+
+    `fit` is `train_epoch` and `eval_epoch` in a loop, with callbacks: it emits `FitStart`,
+    the epoch events, `EvalEnd` after each validation and `FitEnd`. Calling it again on the
+    returned (or a resumed) state with the same limits finishes the same run; with larger
+    limits it continues it.
+
+    Args:
+        state: a live state; consumed.
+        loaders: a train loader, ``(train, val)`` or ``{"train": ..., "val": ...}``.
+        callbacks: callables ``(state, event) -> state``, applied in the order given.
+        max_epochs: stop once ``state.epoch`` reaches it.
+        max_steps: stop once ``state.step`` (optimizer steps) reaches it.
+        step_fn: the training step, e.g. ``with_grad_clip(train_step, max_norm=1.0)``.
+        val_every_n_epochs: validate after every n-th epoch.
+        val_every_n_steps: also validate every n optimizer steps.
+        limit_train_batches, limit_val_batches: batches per epoch, for quick runs.
+        log_every_n_steps: the log interval (one host sync per interval).
+
+    Returns:
+        ``(new_state, history)``: one dict per finished epoch with ``epoch``, ``step``,
+        ``train_*``, ``lr``, ``epoch_time``, ``samples_per_sec`` and ``val_*`` when it was
+        validated; step-interval validations add rows with ``epoch``, ``step`` and ``val_*``.
+
+    Example:
+        >>> import ftrain
+        >>> state = ftrain.testing.toy_state()
+        >>> state, history = ftrain.fit(state, [ftrain.testing.toy_batch()] * 4, max_epochs=2)
+        >>> state.epoch, state.step, len(history)
+        (2, 8, 2)
+    """
+    check_live(state, "fit")
+    if max_epochs is None and max_steps is None:
+        msg = "`fit` needs `max_epochs` or `max_steps` (got neither), e.g. fit(..., max_epochs=10)."
+        raise ValueError(msg)
+    _check_limit("max_epochs", max_epochs)
+    _check_limit("max_steps", max_steps)
+    _check_positive("val_every_n_epochs", val_every_n_epochs)
+    _check_limit("val_every_n_steps", val_every_n_steps, positive=True)
+    train, val = _split_loaders(loaders)
+    train = prepare_loader(state, train)
+    val = None if val is None else prepare_loader(state, val, train=False)
+    history: list[dict[str, Any]] = []
+    user_cb = chain(*check_callbacks(callbacks, "fit"))
+
+    def validate(state: TrainState, epoch: int) -> tuple[TrainState, dict[str, float]]:
+        assert val is not None
+        metrics = eval_epoch(state, val, max_batches=limit_val_batches, prefix="val_")
+        return user_cb(state, EvalEnd(epoch, state.step, metrics)), metrics
+
+    def validate_mid_epoch(state: TrainState, event: Any) -> TrainState:
+        if isinstance(event, StepEnd) and event.step % val_every_n_steps == 0:  # type: ignore[operator]
+            state, metrics = validate(state, state.epoch)
+            history.append({"epoch": state.epoch, "step": state.step, **metrics})
+        return state
+
+    epoch_cb = user_cb if val is None or val_every_n_steps is None else chain(user_cb, validate_mid_epoch)
+
+    def done(state: TrainState) -> bool:
+        return (
+            state.should_stop
+            or (max_epochs is not None and state.epoch >= max_epochs)
+            or (max_steps is not None and state.step >= max_steps)
+        )
+
+    state = user_cb(
+        state.replace(should_stop=False), FitStart(state.step, state.epoch, max_epochs, max_steps)
+    )
+    while not done(state):
+        epoch = state.epoch
+        state, logs = train_epoch(
+            state,
+            train,
+            (epoch_cb,),
+            step_fn=step_fn,
+            max_batches=limit_train_batches,
+            max_steps=max_steps,
+            log_every_n_steps=log_every_n_steps,
+        )
+        if state.epoch == epoch:  # stopped inside the epoch (max_steps or a callback)
+            break
+        row: dict[str, Any] = {"epoch": epoch, "step": state.step, **logs}
+        if val is not None and state.epoch % val_every_n_epochs == 0:
+            state, metrics = validate(state, epoch)
+            row.update(metrics)
+        _step_plateau_scheduler(state, row)
+        history.append(row)
+    state = user_cb(state, FitEnd(state.step, state.epoch, tuple(history)))
+    return state, history
+
+
+def _split_loaders(loaders: Any) -> tuple[Iterable[Any], Iterable[Any] | None]:
+    if isinstance(loaders, Mapping):
+        unknown = set(loaders) - {"train", "val"}
+        if "train" not in loaders or unknown:
+            msg = (
+                "`loaders` as a dict must have a 'train' key and optionally 'val' (got keys "
+                f"{sorted(map(str, loaders))})."
+            )
+            raise ValueError(msg)
+        train, val = loaders["train"], loaders.get("val")
+    elif type(loaders) is tuple and len(loaders) == 2:
+        train, val = loaders
+    else:
+        train, val = loaders, None
+    for name, loader in (("train", train), ("val", val)):
+        if loader is not None and not isinstance(loader, Iterable):
+            msg = (
+                f"`loaders` must give an iterable {name} loader such as a DataLoader (got "
+                f"{type(loader).__name__}). Pass `train`, `(train, val)` or a dict."
+            )
+            raise TypeError(msg)
+    return train, val
+
+
+def _reducer(state: TrainState) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    strategy = state.strategy
+    if strategy is None or getattr(strategy, "world_size", 1) == 1:
+        return None
+    return strategy.reduce_sum
+
+
+def _step_epoch_scheduler(state: TrainState) -> None:
+    scheduler = state.scheduler
+    if scheduler is not None and state.scheduler_interval == "epoch":
+        if not isinstance(scheduler, _Plateau):
+            scheduler.step()
+
+
+def _step_plateau_scheduler(state: TrainState, row: Mapping[str, Any]) -> None:
+    # ReduceLROnPlateau needs a metric: it steps after validation on val_loss (train_loss when
+    # there is no validation data).
+    if isinstance(state.scheduler, _Plateau):
+        state.scheduler.step(row.get("val_loss", row.get("train_loss")))
+
+
+def _train_key(key: str) -> str:
+    return "train_" + key
+
+
+def _check_limit(name: str, value: int | None, *, positive: bool = False) -> None:
+    if value is None:
+        return
+    low = 1 if positive else 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        kind = "a positive int" if positive else "a non-negative int"
+        msg = f"`{name}` must be {kind} or None (got {value!r})."
+        raise ValueError(msg)
+
+
+def _check_positive(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        msg = f"`{name}` must be a positive int (got {value!r})."
+        raise ValueError(msg)

@@ -1,0 +1,56 @@
+"""`place`: the one point where device, precision and distribution are applied."""
+
+from __future__ import annotations
+
+import torch
+
+from ._errors import PlacementError
+from ._state import TrainState, advance, check_live
+from ._typing import Strategy
+from .strategies import SingleDevice
+
+__all__ = ["place"]
+
+
+def place(state: TrainState, strategy: Strategy | str | torch.device = "auto") -> TrainState:
+    """Apply a placement to a fresh state, once: device, precision, then distribution.
+
+    After `place`, batches move to the state's device inside the step functions, so user code has
+    no ``.to()``. A state that is never placed trains where its model already is.
+
+    Args:
+        state: a live, never-placed state. It is consumed (its model moved in place).
+        strategy: `SingleDevice`, `DDP`, `FSDP`, or a device string as shorthand for
+            ``SingleDevice(device)`` (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``).
+
+    Returns:
+        The placed state, recording ``strategy``.
+
+    Raises:
+        PlacementError: the state was already placed, or the device is not available.
+        ValueError: the device string is not one torch knows.
+
+    Example:
+        >>> import ftrain
+        >>> state = ftrain.place(ftrain.testing.toy_state(), "cpu")
+        >>> state.strategy
+        SingleDevice(device=device(type='cpu'), precision='32-true')
+    """
+    check_live(state, "place")
+    if state.strategy is not None:
+        msg = (
+            f"`state` is already placed with {state.strategy!r}; a state is placed once. "
+            "Call `place` on the state from TrainState.create (or load a checkpoint into a "
+            "freshly placed state)."
+        )
+        raise PlacementError(msg)
+    if isinstance(strategy, str | torch.device):
+        strategy = SingleDevice(device=strategy)
+    if not isinstance(strategy, Strategy):
+        msg = (
+            "`strategy` must be a Strategy such as ftrain.SingleDevice('cuda'), ftrain.DDP() or "
+            f"ftrain.FSDP(), or a device string (got {type(strategy).__name__} {strategy!r})."
+        )
+        raise TypeError(msg)
+    placed = strategy.setup(state)
+    return advance(placed, "place")

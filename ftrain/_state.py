@@ -1,0 +1,430 @@
+"""`TrainState`: the frozen record that holds everything a training run needs to go on."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal
+
+import attrs
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from ._errors import CallbackSignatureError, PlacementError, StaleStateError
+from ._typing import LossFn, Strategy
+
+__all__ = ["STATIC", "TrainState", "advance", "check_live", "fork", "update"]
+
+STATIC = {"ftrain.static": True}
+"""Field metadata for configuration that is not training state (skipped by checkpoints)."""
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
+SchedulerFactory = Callable[[Optimizer], LRScheduler]
+
+
+class _Lineage:
+    """The version counter shared by every record that holds the same live weights.
+
+    Records made by `replace` share it with their source and stay live together; a function that
+    advances the weights bumps `version`, which makes every record of the older version stale.
+    """
+
+    __slots__ = ("consumed_at_step", "consumed_by", "version")
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.consumed_by = ""
+        self.consumed_at_step = -1
+
+
+def _is_scheduler(obj: object) -> bool:
+    return isinstance(obj, LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+@attrs.frozen(kw_only=True, eq=False, repr=False)
+class TrainState:
+    """Everything a training run needs to go on, as one frozen record.
+
+    The *record* is immutable: change a field with ``state.replace(...)`` (or `attrs.evolve`),
+    which returns a new record. The objects it points to are not: `train_step` updates parameters,
+    gradients and optimizer buffers in place for speed, and the state it was given is then
+    *consumed*: using it again raises `StaleStateError`. Keep a copy with `ftrain.fork` when you
+    need one. Records made by ``replace`` from a live state share its weights and stay live with it.
+
+    Build one with `TrainState.create`, which sets ``step=0`` and checks its arguments.
+
+    Example:
+        >>> import torch, ftrain
+        >>> model = torch.nn.Linear(2, 1)
+        >>> state = ftrain.TrainState.create(
+        ...     model=model,
+        ...     optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
+        ...     loss_fn=lambda m, b: torch.nn.functional.mse_loss(m(b[0]), b[1]),
+        ... )
+        >>> batch = (torch.ones(4, 2), torch.zeros(4, 1))
+        >>> state, metrics = ftrain.train_step(state, batch)
+        >>> state, metrics = ftrain.train_step(state, batch)
+        >>> state.step
+        2
+        >>> sorted(metrics)
+        ['loss']
+    """
+
+    model: nn.Module = attrs.field(validator=attrs.validators.instance_of(nn.Module))
+    """The user's module, never wrapped: checkpoint keys carry no ``module.`` prefix."""
+    optimizer: Optimizer = attrs.field(validator=attrs.validators.instance_of(Optimizer))
+    loss_fn: LossFn = attrs.field(validator=attrs.validators.is_callable(), metadata=STATIC)
+    scheduler: Any = attrs.field(default=None)
+    """An LR scheduler or None; stepped by `apply_gradients` or per epoch, see `scheduler_interval`."""
+    scheduler_interval: Literal["step", "epoch"] = attrs.field(
+        default="step", validator=attrs.validators.in_(("step", "epoch")), metadata=STATIC
+    )
+    optimizer_factory: OptimizerFactory | None = attrs.field(default=None, metadata=STATIC)
+    step: int = attrs.field(
+        default=0, validator=[attrs.validators.instance_of(int), attrs.validators.ge(0)]
+    )
+    """Optimizer steps taken since the start of the run."""
+    epoch: int = attrs.field(
+        default=0, validator=[attrs.validators.instance_of(int), attrs.validators.ge(0)]
+    )
+    """Completed epochs."""
+    epoch_batch: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    """Batches of the current (unfinished) epoch already trained on."""
+    micro_step: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    """`forward_backward` calls since the last `apply_gradients` (gradient accumulation)."""
+    seed: int = attrs.field(default=0, validator=attrs.validators.instance_of(int))
+    strategy: Strategy | None = attrs.field(default=None)
+    """The placement this state was placed with, or None when it was never placed."""
+    device: torch.device = attrs.field(
+        factory=lambda: torch.device("cpu"), validator=attrs.validators.instance_of(torch.device)
+    )
+    wrapped: nn.Module | None = attrs.field(default=None, metadata=STATIC)
+    """The module the step calls when placement wrapped `model` (DDP, FSDP, compile); else None."""
+    scaler: Any = attrs.field(default=None)
+    """A `torch.amp.GradScaler` under ``16-mixed`` precision, else None."""
+    autocast_dtype: torch.dtype | None = attrs.field(default=None, metadata=STATIC)
+    """The dtype `forward_backward` autocasts to (mixed precision), or None."""
+    callback_state: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
+    """Memory of callbacks (EarlyStopping's best value, ...), keyed by callback name."""
+    epoch_totals: Mapping[str, tuple[float, float]] = attrs.field(factory=dict, converter=dict)
+    """``(weighted sum, count)`` per train metric of the current epoch, folded in at each log
+    interval (so a mid-epoch checkpoint resumes the epoch's averages)."""
+    should_stop: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    """Set by a callback to ask `fit` to stop after the current event."""
+    _lineage: _Lineage = attrs.field(factory=_Lineage, alias="_lineage", metadata=STATIC)
+    _version: int = attrs.field(default=0, alias="_version", metadata=STATIC)
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        model: nn.Module,
+        optimizer: Optimizer | OptimizerFactory,
+        loss_fn: LossFn,
+        scheduler: LRScheduler | SchedulerFactory | None = None,
+        scheduler_interval: Literal["step", "epoch"] = "step",
+        seed: int = 0,
+    ) -> TrainState:
+        """Build the state of a new run (``step=0``, ``epoch=0``), checking every argument.
+
+        Args:
+            model: the `nn.Module` to train. It stays where it is until `ftrain.place`.
+            optimizer: an `Optimizer` over ``model``'s parameters, or a factory
+                ``params -> Optimizer`` (preferred: placement can rebuild it over sharded
+                parameters).
+            loss_fn: ``loss_fn(model, batch)`` returning a scalar loss or ``(loss, metrics)``;
+                `ftrain.supervised` builds the common ``(inputs, targets)`` case.
+            scheduler: an LR scheduler over ``optimizer``, or a factory ``optimizer -> scheduler``.
+            scheduler_interval: ``"step"`` steps the scheduler after every optimizer step,
+                ``"epoch"`` after every epoch (in `train_epoch`).
+            seed: the seed every random choice of the run is derived from (dropout, shuffling).
+
+        Returns:
+            A new, live `TrainState`. Nothing is moved or mutated.
+
+        Raises:
+            TypeError: an argument has the wrong type.
+            ValueError: the optimizer or scheduler does not belong to this model.
+            CallbackSignatureError: ``loss_fn`` cannot be called as ``loss_fn(model, batch)``.
+        """
+        if not isinstance(model, nn.Module):
+            msg = f"`model` must be a torch.nn.Module (got {_describe(model)})."
+            raise TypeError(msg)
+        factory: OptimizerFactory | None = None
+        if not isinstance(optimizer, Optimizer):
+            if not callable(optimizer):
+                msg = (
+                    "`optimizer` must be a torch.optim.Optimizer or a factory params -> Optimizer "
+                    f"(got {_describe(optimizer)}). Example: "
+                    "optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3)."
+                )
+                raise TypeError(msg)
+            factory = optimizer
+            optimizer = factory(model.parameters())
+            if not isinstance(optimizer, Optimizer):
+                msg = (
+                    "`optimizer` factory must return a torch.optim.Optimizer "
+                    f"(got {_describe(optimizer)})."
+                )
+                raise TypeError(msg)
+        check_optimizer_params(model, optimizer)
+        _check_loss_fn(loss_fn)
+        if scheduler is not None and not _is_scheduler(scheduler):
+            if not callable(scheduler):
+                msg = (
+                    "`scheduler` must be an LR scheduler or a factory optimizer -> scheduler "
+                    f"(got {_describe(scheduler)})."
+                )
+                raise TypeError(msg)
+            scheduler = scheduler(optimizer)
+            if not _is_scheduler(scheduler):
+                msg = f"`scheduler` factory must return an LR scheduler (got {_describe(scheduler)})."
+                raise TypeError(msg)
+        if scheduler is not None and scheduler.optimizer is not optimizer:
+            msg = (
+                "`scheduler` must drive the state's optimizer, but it was built over another "
+                "optimizer. Pass a factory instead: scheduler=lambda opt: StepLR(opt, 10)."
+            )
+            raise ValueError(msg)
+        if scheduler_interval not in ("step", "epoch"):
+            msg = f"`scheduler_interval` must be 'step' or 'epoch' (got {scheduler_interval!r})."
+            raise ValueError(msg)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            msg = f"`seed` must be an int (got {_describe(seed)})."
+            raise TypeError(msg)
+        return cls(
+            model=model,
+            optimizer=optimizer,
+            loss_fn=loss_fn,
+            scheduler=scheduler,
+            scheduler_interval=scheduler_interval,
+            optimizer_factory=factory,
+            seed=seed,
+            device=model_device(model),
+        )
+
+    def replace(self, **changes: Any) -> TrainState:
+        """Return a copy of this record with ``changes`` applied (validated, like `attrs.evolve`).
+
+        The copy shares the model and optimizer with ``self`` and stays live together with it.
+        """
+        return attrs.evolve(self, **changes)
+
+    @property
+    def module(self) -> nn.Module:
+        """The module a step calls: the placed wrapper (DDP, compiled) if any, else `model`."""
+        return self.model if self.wrapped is None else self.wrapped
+
+    @property
+    def is_live(self) -> bool:
+        """False once a later step has advanced this record's weights."""
+        return self._version == self._lineage.version
+
+    @property
+    def rank(self) -> int:
+        """This process's rank under the placed strategy (0 when unplaced or single-process)."""
+        return int(getattr(self.strategy, "rank", 0))
+
+    @property
+    def world_size(self) -> int:
+        """The number of processes training together (1 when unplaced or single-process)."""
+        return int(getattr(self.strategy, "world_size", 1))
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the first parameter group."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def __repr__(self) -> str:
+        n = sum(p.numel() for p in self.model.parameters())
+        strategy = "unplaced" if self.strategy is None else repr(self.strategy)
+        live = "" if self.is_live else ", stale"
+        return (
+            f"TrainState(step={self.step}, epoch={self.epoch}, "
+            f"model={type(self.model).__name__}({n:,} params), "
+            f"optimizer={type(self.optimizer).__name__}, device={self.device}, "
+            f"strategy={strategy}{live})"
+        )
+
+
+_FIELD_NAMES = tuple(a.name for a in attrs.fields(TrainState))
+
+
+def _make_copier(consume: bool) -> Callable[..., TrainState]:
+    # The hot path: every step makes a new record. attrs.evolve re-runs all validators (~6 us);
+    # this unrolled copy skips them (~1 us) because only ftrain's own code calls it, with values
+    # it computed itself. Users go through `replace`, which validates.
+    if consume:
+        lines = [
+            "def advance(state, consumer, **ch):",
+            "    lineage = state._lineage",
+            "    if state._version != lineage.version:",
+            "        raise_stale(state, consumer)",
+            "    lineage.version += 1",
+            "    lineage.consumed_by = consumer",
+            "    lineage.consumed_at_step = state.step",
+            "    ch['_version'] = lineage.version",
+        ]
+    else:
+        lines = ["def advance(state, **ch):"]
+    lines.append("    new = new_obj(TrainState)")
+    lines += [
+        f"    setattr_(new, {n!r}, ch[{n!r}] if {n!r} in ch else state.{n})" for n in _FIELD_NAMES
+    ]
+    lines.append("    return new")
+    namespace: dict[str, Any] = {
+        "new_obj": object.__new__,
+        "setattr_": object.__setattr__,
+        "TrainState": TrainState,
+        "raise_stale": _raise_stale,
+    }
+    exec("\n".join(lines), namespace)
+    return namespace["advance"]  # type: ignore[no-any-return]
+
+
+def _raise_stale(state: TrainState, where: str) -> None:
+    lineage = state._lineage
+    msg = (
+        f"`state` passed to `{where}` is stale: its weights were advanced by "
+        f"`{lineage.consumed_by}` at step {lineage.consumed_at_step} (this record is version "
+        f"{state._version}, the weights are now at version {lineage.version}). ftrain updates "
+        "weights in place, so use the state that call returned; to keep the old weights, take a "
+        "copy first with `ftrain.fork(state)`."
+    )
+    raise StaleStateError(msg)
+
+
+advance = _make_copier(consume=True)
+"""``advance(state, consumer_name, **changes)``: consume ``state``, return the next live record."""
+
+update = _make_copier(consume=False)
+"""``update(state, **changes)``: an unvalidated `replace` for ftrain's own bookkeeping fields."""
+
+
+def check_live(state: object, where: str) -> None:
+    """Raise a clear error unless ``state`` is a live `TrainState`."""
+    if type(state) is not TrainState:
+        if isinstance(state, tuple) and state and isinstance(state[0], TrainState):
+            msg = (
+                f"`state` passed to `{where}` must be a TrainState (got a tuple). Steps return "
+                "`(state, metrics)`: unpack it, e.g. `state, metrics = train_step(state, batch)`."
+            )
+        else:
+            msg = f"`state` passed to `{where}` must be a TrainState (got {_describe(state)})."
+        raise TypeError(msg)
+    if state._version != state._lineage.version:
+        _raise_stale(state, where)
+
+
+def fork(state: TrainState) -> TrainState:
+    """Return an independent deep copy of ``state``: model, optimizer, scheduler, scaler, memory.
+
+    The copy and the original can be trained separately; neither consumes the other. Use it to
+    keep a snapshot before a step (``before = fork(state)``) or to branch an experiment.
+
+    Args:
+        state: a live state.
+
+    Returns:
+        A new live state with its own weights and optimizer buffers; ``state`` is not consumed.
+
+    Example:
+        >>> import torch, ftrain
+        >>> state = ftrain.testing.toy_state()
+        >>> snapshot = ftrain.fork(state)
+        >>> state, _ = ftrain.train_step(state, ftrain.testing.toy_batch())
+        >>> snapshot.is_live, snapshot.step, state.step
+        (True, 0, 1)
+    """
+    check_live(state, "fork")
+    if state.strategy is not None and getattr(state.strategy, "world_size", 1) > 1:
+        msg = (
+            "`fork` of a distributed state is not supported: its model is wrapped or sharded "
+            f"by {state.strategy!r}. Fork before `place`, or save a checkpoint instead."
+        )
+        raise PlacementError(msg)
+    memo: dict[int, Any] = {}
+    model, optimizer, scheduler, scaler, cb_state = copy.deepcopy(
+        (state.model, state.optimizer, state.scheduler, state.scaler, dict(state.callback_state)),
+        memo,
+    )
+    wrapped = None
+    if state.wrapped is not None:
+        rewrap = getattr(state.strategy, "rewrap", None)
+        if rewrap is None:
+            msg = f"`fork` cannot re-create the wrapper of a state placed with {state.strategy!r}."
+            raise PlacementError(msg)
+        wrapped = rewrap(model)
+    return attrs.evolve(
+        state,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        callback_state=cb_state,
+        wrapped=wrapped,
+        _lineage=_Lineage(),
+        _version=0,
+    )
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a module's first parameter or buffer (CPU for a module with neither)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def check_optimizer_params(model: nn.Module, optimizer: Optimizer) -> None:
+    """Raise when ``optimizer`` holds parameters that are not ``model``'s."""
+    own = {id(p) for p in model.parameters()}
+    foreign = [
+        (gi, pi, tuple(p.shape))
+        for gi, group in enumerate(optimizer.param_groups)
+        for pi, p in enumerate(group["params"])
+        if id(p) not in own
+    ]
+    if foreign:
+        gi, pi, shape = foreign[0]
+        msg = (
+            f"`optimizer` must hold only parameters of `model`, but {len(foreign)} of its "
+            f"parameters are not the model's (first: param_groups[{gi}]['params'][{pi}], shape "
+            f"{shape}). Build it from this model, or pass a factory: "
+            "optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3)."
+        )
+        raise ValueError(msg)
+
+
+def _check_loss_fn(loss_fn: object) -> None:
+    if not callable(loss_fn):
+        msg = (
+            "`loss_fn` must be a callable loss_fn(model, batch) -> loss or (loss, metrics) "
+            f"(got {_describe(loss_fn)}). For (inputs, targets) batches use "
+            "ftrain.supervised(torch.nn.CrossEntropyLoss())."
+        )
+        raise TypeError(msg)
+    try:
+        sig = inspect.signature(loss_fn)
+    except (TypeError, ValueError):  # builtins and C callables have no signature
+        return
+    try:
+        sig.bind(None, None)
+    except TypeError as err:
+        msg = (
+            f"`loss_fn` must accept two positional arguments (model, batch), but its signature "
+            f"is {getattr(loss_fn, '__name__', type(loss_fn).__name__)}{sig} ({err}). "
+            "Wrap it: loss_fn=lambda model, batch: my_loss(model(batch[0]), batch[1])."
+        )
+        raise CallbackSignatureError(msg) from None
+
+
+def _describe(value: object) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(value).__name__} {text}" if not isinstance(value, type) else text

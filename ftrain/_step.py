@@ -1,0 +1,242 @@
+"""The step functions: one batch in, ``(new state, metrics)`` out.
+
+Nothing here calls ``.item()`` or otherwise waits for the device: metrics are detached tensors on
+the state's device. Parameters, gradients and optimizer buffers are updated in place, so the input
+state is consumed (see `TrainState`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._batch import move
+from ._rng import mix, seed_step
+from ._state import TrainState, advance, check_live
+
+__all__ = [
+    "apply_gradients",
+    "eval_mode",
+    "eval_step",
+    "forward_backward",
+    "train_step",
+]
+
+Metrics = dict[str, torch.Tensor]
+
+
+def forward_backward(state: TrainState, batch: Any) -> tuple[TrainState, Metrics]:
+    """Run ``loss_fn`` on ``batch`` and accumulate gradients; no optimizer step.
+
+    The batch is moved to ``state.device`` first. Randomness inside ``loss_fn`` (dropout) is
+    seeded from ``(state.seed, state.step, state.micro_step)``, so the same state and batch give
+    the same gradients.
+
+    Args:
+        state: a live state. It is consumed: its gradient buffers are accumulated into.
+        batch: tensors in any nesting of tuples, lists, dicts and namedtuples.
+
+    Returns:
+        ``(new_state, metrics)``: ``new_state.micro_step`` is one higher; ``metrics`` has
+        ``"loss"`` and whatever ``loss_fn`` reported, as detached device tensors.
+
+    Raises:
+        StaleStateError: ``state`` was already consumed.
+        TypeError, ValueError: ``loss_fn`` returned something other than a scalar tensor loss.
+
+    Example:
+        >>> import ftrain
+        >>> state = ftrain.testing.toy_state()
+        >>> state, metrics = ftrain.forward_backward(state, ftrain.testing.toy_batch())
+        >>> state.micro_step, state.step
+        (1, 0)
+    """
+    check_live(state, "forward_backward")
+    metrics = _forward_backward(state, batch)
+    return advance(state, "forward_backward", micro_step=state.micro_step + 1), metrics
+
+
+def apply_gradients(state: TrainState) -> TrainState:
+    """Take one optimizer step with the accumulated gradients.
+
+    Steps the optimizer (through the ``GradScaler`` under ``16-mixed``), steps the LR scheduler
+    when ``scheduler_interval="step"``, zeroes the gradients (``set_to_none``) and returns a state
+    with ``step + 1`` and ``micro_step = 0``. Clipping is a step transform
+    (`ftrain.with_grad_clip`), not a flag here.
+
+    Args:
+        state: a live state with gradients from `forward_backward`. It is consumed.
+
+    Returns:
+        The new state.
+
+    Raises:
+        StaleStateError: ``state`` was already consumed.
+        ValueError: no gradients were accumulated since the last optimizer step.
+
+    Example:
+        >>> import ftrain
+        >>> state = ftrain.testing.toy_state()
+        >>> state, _ = ftrain.forward_backward(state, ftrain.testing.toy_batch())
+        >>> state = ftrain.apply_gradients(state)
+        >>> state.step, state.micro_step
+        (1, 0)
+    """
+    check_live(state, "apply_gradients")
+    if state.micro_step == 0:
+        msg = (
+            "`state` has no accumulated gradients (micro_step=0): call "
+            "`forward_backward(state, batch)` before `apply_gradients(state)`."
+        )
+        raise ValueError(msg)
+    _apply(state)
+    return advance(state, "apply_gradients", step=state.step + 1, micro_step=0)
+
+
+def train_step(state: TrainState, batch: Any) -> tuple[TrainState, Metrics]:
+    """One training step: `forward_backward` then `apply_gradients`.
+
+    Args:
+        state: a live state. It is consumed: parameters and optimizer buffers change in place.
+        batch: tensors in any nesting of tuples, lists, dicts and namedtuples; moved to
+            ``state.device``.
+
+    Returns:
+        ``(new_state, metrics)`` with ``new_state.step == state.step + 1`` and ``metrics`` the
+        detached device tensors of `forward_backward`. Nothing is synced to the host.
+
+    Raises:
+        StaleStateError: ``state`` was already consumed; keep copies with `ftrain.fork`.
+
+    Example:
+        >>> import ftrain
+        >>> state = ftrain.testing.toy_state()
+        >>> state, metrics = ftrain.train_step(state, ftrain.testing.toy_batch())
+        >>> state.step, metrics["loss"].device.type
+        (1, 'cpu')
+    """
+    check_live(state, "train_step")
+    metrics = _forward_backward(state, batch)
+    _apply(state)
+    return advance(state, "train_step", step=state.step + 1, micro_step=0), metrics
+
+
+def eval_step(state: TrainState, batch: Any) -> Metrics:
+    """Measure ``loss_fn`` on ``batch`` without gradients, in eval mode; the state is unchanged.
+
+    Every module's ``training`` flag is restored afterwards exactly as it was.
+
+    Returns:
+        ``metrics``: ``"loss"`` and whatever ``loss_fn`` reported, as detached device tensors.
+
+    Example:
+        >>> import ftrain
+        >>> state = ftrain.testing.toy_state()
+        >>> metrics = ftrain.eval_step(state, ftrain.testing.toy_batch())
+        >>> state.step, sorted(metrics)
+        (0, ['loss'])
+    """
+    check_live(state, "eval_step")
+    with eval_mode(state.model):
+        return eval_metrics(state, batch)
+
+
+def eval_metrics(state: TrainState, batch: Any) -> Metrics:
+    """`eval_step` without the mode switch and checks (for loops that switch once per epoch)."""
+    batch = move(batch, state.device, non_blocking=state.device.type == "cuda")
+    seed_step(mix(state.seed, 0x5EED), state.step, 0, state.device.type == "cuda")
+    with torch.no_grad(), _autocast(state):
+        out = state.loss_fn(state.module, batch)
+    loss, metrics = _split(out)
+    return _metrics(loss, metrics)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode, then restore each one's own ``training`` flag."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def _forward_backward(state: TrainState, batch: Any) -> Metrics:
+    device = state.device
+    cuda = device.type == "cuda"
+    batch = move(batch, device, non_blocking=cuda)
+    seed_step(state.seed, state.step, state.micro_step, cuda)
+    if state.autocast_dtype is None:
+        out = state.loss_fn(state.module, batch)
+    else:
+        with _autocast(state):
+            out = state.loss_fn(state.module, batch)
+    loss, metrics = _split(out)
+    if not loss.requires_grad:
+        msg = (
+            "`loss_fn` returned a loss that does not require grad: it was detached, computed "
+            "under torch.no_grad(), or no parameter it used requires grad. Return the loss "
+            "tensor itself, not loss.detach() or loss.item()."
+        )
+        raise ValueError(msg)
+    scaler = state.scaler
+    (loss if scaler is None else scaler.scale(loss)).backward()
+    return _metrics(loss, metrics)
+
+
+def _apply(state: TrainState) -> None:
+    optimizer = state.optimizer
+    scaler = state.scaler
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
+    if state.scheduler is not None and state.scheduler_interval == "step":
+        state.scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _autocast(state: TrainState) -> contextlib.AbstractContextManager[Any]:
+    if state.autocast_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(state.device.type, dtype=state.autocast_dtype)
+
+
+def _split(out: Any) -> tuple[torch.Tensor, Mapping[str, Any]]:
+    if type(out) is tuple:
+        if len(out) != 2 or not isinstance(out[1], Mapping):
+            msg = (
+                "`loss_fn` must return a scalar loss tensor or (loss, metrics) with metrics a "
+                f"dict (got a tuple of {len(out)}: {', '.join(type(v).__name__ for v in out)})."
+            )
+            raise TypeError(msg)
+        loss, metrics = out
+    else:
+        loss, metrics = out, {}
+    if not isinstance(loss, torch.Tensor):
+        msg = (
+            "`loss_fn` must return the loss as a torch.Tensor (got "
+            f"{type(loss).__name__}). Return the tensor, not loss.item()."
+        )
+        raise TypeError(msg)
+    if loss.ndim != 0:
+        msg = (
+            f"`loss_fn` must return a scalar loss (got a tensor of shape {tuple(loss.shape)}). "
+            "Reduce it, e.g. criterion(..., reduction='mean') or loss.mean()."
+        )
+        raise ValueError(msg)
+    return loss, metrics
+
+
+def _metrics(loss: torch.Tensor, extra: Mapping[str, Any]) -> Metrics:
+    metrics = {"loss": loss.detach()}
+    for k, v in extra.items():
+        metrics[k] = v.detach() if isinstance(v, torch.Tensor) else v
+    return metrics
