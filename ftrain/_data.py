@@ -172,22 +172,29 @@ def _rebuild(loader: DataLoader[Any], sampler: EpochSampler) -> DataLoader[Any]:
 _warned_skip: set[int] = set()
 
 
-def start_epoch(loader: Any, state: TrainState) -> Iterator[Any]:
+def start_epoch(loader: Any, state: TrainState) -> tuple[Iterator[Any], int | None]:
     """Iterate ``loader`` for ``state``'s epoch, starting after ``state.epoch_batch`` batches.
 
     With an `EpochSampler` the skip happens at the sampler's indices (skipped batches are never
     loaded). Other loaders are iterated and the first batches dropped, with a warning once.
+
+    Returns:
+        ``(iterator, batches)``: ``batches`` is the length of the whole epoch (skipped batches
+        included), or None when the loader has no length.
     """
     sampler = getattr(loader, "sampler", None)
     if isinstance(sampler, EpochSampler):
         sampler.set_epoch(state.epoch)
+        sampler.set_start(0)
+        total = len(loader)
         sampler.set_start(state.epoch_batch * (loader.batch_size or 1))
         if isinstance(loader.generator, torch.Generator):
             # Worker processes seed themselves from the loader's generator.
             loader.generator.manual_seed(mix(state.seed, state.epoch, 0xDA7A))
-        return iter(loader)
+        return iter(loader), total
     if isinstance(sampler, DistributedSampler):
         sampler.set_epoch(state.epoch)
+    total = num_batches(loader)
     it = iter(loader)
     if state.epoch_batch:
         if id(loader) not in _warned_skip:
@@ -199,7 +206,7 @@ def start_epoch(loader: Any, state: TrainState) -> Iterator[Any]:
             )
         for _ in range(state.epoch_batch):
             next(it, None)
-    return it
+    return it, total
 
 
 def num_batches(loader: Any) -> int | None:

@@ -16,7 +16,7 @@ from toolz import keymap
 
 from ._batch import batch_size
 from ._callback import chain, check_callbacks
-from ._data import num_batches, prepare_loader, start_epoch
+from ._data import prepare_loader, start_epoch
 from ._events import EpochEnd, EpochStart, EvalEnd, FitEnd, FitStart, IntervalEnd, StepEnd
 from ._metrics import MeanAccumulator, check_finite, means, merge_sums
 from ._state import TrainState, check_live, update
@@ -70,7 +70,7 @@ def train_epoch(
     cb = chain(*callbacks) if callbacks else None
     loader = prepare_loader(state, loader)
     reduce_sum = _reducer(state)
-    total = num_batches(loader)
+    batches, total = start_epoch(loader, state)
     if total is not None and max_batches is not None:
         total = min(total, max_batches)
     if cb is not None:
@@ -80,7 +80,7 @@ def train_epoch(
     position, samples, last_log = state.epoch_batch, 0, state.step
     finished = True
     t0 = time.perf_counter()
-    for batch in start_epoch(loader, state):
+    for batch in batches:
         n = batch_size(batch)
         state, metrics = step_fn(state, batch)
         position += 1
@@ -164,7 +164,8 @@ def eval_epoch(
     loader = prepare_loader(state, loader, train=False)
     acc = MeanAccumulator(state.step)
     with eval_mode(state.model):
-        for i, batch in enumerate(start_epoch(loader, update(state, epoch_batch=0))):
+        batches, _ = start_epoch(loader, update(state, epoch_batch=0))
+        for i, batch in enumerate(batches):
             if max_batches is not None and i >= max_batches:
                 break
             metrics = eval_metrics(state, batch)
