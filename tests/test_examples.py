@@ -1,0 +1,46 @@
+"""The examples run end to end with tiny settings (offline, on CPU)."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script: str, *args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / script), *args],
+        capture_output=True, text=True, timeout=240, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+@pytest.mark.timeout(300)
+def test_mnist_example_trains_and_reports_accuracy():
+    out = _run("mnist.py", "--epochs", "2", "--limit-batches", "10", "--device", "cpu")
+    match = re.search(r"digits: 2 epochs, 20 steps .* val_acc (\d\.\d+)", out)
+    assert match, out
+    assert float(match.group(1)) > 0.5  # 20 steps already beat chance (0.1) by far
+
+
+@pytest.mark.timeout(300)
+def test_custom_loop_example_matches_fit_step_for_step():
+    out = _run("custom_loop.py", "--epochs", "2", "--limit-batches", "10")
+    assert re.search(r"custom loop: 20 steps .* val_acc \d\.\d+", out), out
+    assert "epoch 1: val_loss" in out
+
+
+def test_mnist_example_says_what_to_do_when_mnist_cannot_be_downloaded(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "mnist.py"), "--dataset", "mnist",
+         "--data-dir", str(tmp_path), "--epochs", "1"],
+        capture_output=True, text=True, timeout=240, cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
+             "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode != 0
+    assert "--dataset digits" in proc.stderr
