@@ -40,10 +40,15 @@ from ._step import apply_gradients as apply_gradients
 from ._step import eval_step as eval_step
 from ._step import forward_backward as forward_backward
 from ._step import train_step as train_step
+from ._transforms import Step as Step
+from ._transforms import as_step as as_step
+from ._transforms import with_accumulation as with_accumulation
+from ._transforms import with_grad_clip as with_grad_clip
 from ._typing import Callback as Callback
 from ._typing import LossFn as LossFn
 from ._typing import StepFn as StepFn
 from ._typing import Strategy as Strategy
+from ._plot import plot_history as plot_history
 from .strategies import SingleDevice as SingleDevice
 
 try:
@@ -67,12 +72,14 @@ __all__ = (
     "PlacementError",
     "SingleDevice",
     "StaleStateError",
+    "Step",
     "StepEnd",
     "StepFn",
     "Strategy",
     "TrainState",
     "__version__",
     "apply_gradients",
+    "as_step",
     "batch_size",
     "callbacks",
     "chain",
@@ -85,6 +92,7 @@ __all__ = (
     "move",
     "on",
     "place",
+    "plot_history",
     "prepare_loader",
     "strategies",
     "supervised",
@@ -92,4 +100,6 @@ __all__ = (
     "train_epoch",
     "train_step",
     "when",
+    "with_accumulation",
+    "with_grad_clip",
 )

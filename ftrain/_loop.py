@@ -97,8 +97,8 @@ def train_epoch(
             interval = MeanAccumulator(state.step)
             state = update(state, epoch_batch=position, epoch_totals=totals)
             if cb is not None:
-                event = IntervalEnd(state.step, state.epoch, keymap(_train_key, means(sums)))
-                state = cb(state, event)
+                logs = {**keymap(_train_key, means(sums)), "lr": state.lr}
+                state = cb(state, IntervalEnd(state.step, state.epoch, logs))
         if (
             state.should_stop
             or (max_batches is not None and position >= max_batches)
@@ -122,6 +122,9 @@ def train_epoch(
     logs.update(lr=state.lr, epoch_time=elapsed, samples_per_sec=samples / max(elapsed, 1e-9))
     if finished:
         epoch = state.epoch
+        finish = getattr(step_fn, "finish_epoch", None)
+        if finish is not None:  # e.g. apply a short last gradient-accumulation group
+            state = finish(state)
         _step_epoch_scheduler(state)
         state = update(state, epoch=epoch + 1, epoch_batch=0, epoch_totals={})
         if cb is not None:

@@ -50,12 +50,18 @@ class MeanAccumulator:
             # Other ranks may have data: still join the collective with zeros.
             reduce_sum(torch.zeros(0, dtype=torch.float64))
             return {}
-        keys = [k for k in self.values[0] if k != "count"]
+        keys = list(dict.fromkeys(k for m in self.values for k in m if k != "count"))
+        uniform = all(len(m) == len(self.values[0]) for m in self.values)
         counts = _as_column(self.counts)
         rows = []
         for k in keys:
-            vals = _as_column([m[k] for m in self.values])
-            rows.append(torch.stack([(vals * counts).sum(), counts.sum()]))
+            if uniform:
+                vals, n = _as_column([m[k] for m in self.values]), counts
+            else:  # a metric only some batches report (grad_norm under accumulation)
+                have = [i for i, m in enumerate(self.values) if k in m]
+                vals = _as_column([self.values[i][k] for i in have])
+                n = _as_column([self.counts[i] for i in have])
+            rows.append(torch.stack([(vals * n).sum(), n.sum()]))
         table = torch.stack(rows).flatten() if rows else torch.zeros(0, dtype=torch.float64)
         if reduce_sum is not None:
             table = reduce_sum(table)

@@ -29,7 +29,9 @@ __all__ = [
 Metrics = dict[str, torch.Tensor]
 
 
-def forward_backward(state: TrainState, batch: Any) -> tuple[TrainState, Metrics]:
+def forward_backward(
+    state: TrainState, batch: Any, *, loss_scale: float = 1.0
+) -> tuple[TrainState, Metrics]:
     """Run ``loss_fn`` on ``batch`` and accumulate gradients; no optimizer step.
 
     The batch is moved to ``state.device`` first. Randomness inside ``loss_fn`` (dropout) is
@@ -39,6 +41,8 @@ def forward_backward(state: TrainState, batch: Any) -> tuple[TrainState, Metrics
     Args:
         state: a live state. It is consumed: its gradient buffers are accumulated into.
         batch: tensors in any nesting of tuples, lists, dicts and namedtuples.
+        loss_scale: the gradient is that of ``loss * loss_scale`` (``1 / k`` when accumulating
+            over k batches); the reported loss is unscaled.
 
     Returns:
         ``(new_state, metrics)``: ``new_state.micro_step`` is one higher; ``metrics`` has
@@ -56,7 +60,7 @@ def forward_backward(state: TrainState, batch: Any) -> tuple[TrainState, Metrics
         (1, 0)
     """
     check_live(state, "forward_backward")
-    metrics = _forward_backward(state, batch)
+    metrics = _forward_backward(state, batch, loss_scale)
     return advance(state, "forward_backward", micro_step=state.micro_step + 1), metrics
 
 
@@ -167,7 +171,7 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
             m.training = flag
 
 
-def _forward_backward(state: TrainState, batch: Any) -> Metrics:
+def _forward_backward(state: TrainState, batch: Any, loss_scale: float = 1.0) -> Metrics:
     device = state.device
     cuda = device.type == "cuda"
     batch = move(batch, device, non_blocking=cuda)
@@ -185,8 +189,9 @@ def _forward_backward(state: TrainState, batch: Any) -> Metrics:
             "tensor itself, not loss.detach() or loss.item()."
         )
         raise ValueError(msg)
+    scaled = loss if loss_scale == 1.0 else loss * loss_scale
     scaler = state.scaler
-    (loss if scaler is None else scaler.scale(loss)).backward()
+    (scaled if scaler is None else scaler.scale(scaled)).backward()
     return _metrics(loss, metrics)
 
 

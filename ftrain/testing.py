@@ -10,13 +10,26 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import torch
 from torch import nn
 
 from ._loss import supervised
-from ._state import TrainState
+from ._state import TrainState, fork
+from ._step import eval_step, forward_backward, train_step
+from ._typing import StepFn
 
-__all__ = ["toy_batch", "toy_state"]
+__all__ = [
+    "assert_no_param_change",
+    "assert_overfits",
+    "assert_pure_step",
+    "assert_step_changes_params",
+    "find_unused_parameters",
+    "toy_batch",
+    "toy_state",
+]
 
 
 def toy_state(
@@ -53,3 +66,117 @@ def toy_batch(
     g = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(n, in_features, generator=g)
     return x, torch.randn(n, out_features, generator=g)
+
+
+def _params(state: TrainState) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in state.model.named_parameters()}
+
+
+def assert_step_changes_params(
+    state: TrainState, batch: Any, *, step_fn: StepFn = train_step, allow: Sequence[str] = ()
+) -> None:
+    """Assert one step changes every trainable parameter (except those named in ``allow``).
+
+    Works on a `fork`, so ``state`` is not consumed.
+
+    Example:
+        >>> import ftrain
+        >>> ftrain.testing.assert_step_changes_params(ftrain.testing.toy_state(), ftrain.testing.toy_batch())
+    """
+    work = fork(state)
+    before = _params(work)
+    after_state, _ = step_fn(work, batch)
+    after = _params(after_state)
+    trainable = {n for n, p in after_state.model.named_parameters() if p.requires_grad}
+    unchanged = [n for n in sorted(trainable - set(allow)) if torch.equal(before[n], after[n])]
+    if unchanged:
+        msg = f"parameters did not change after one step: {', '.join(unchanged)}."
+        raise AssertionError(msg)
+
+
+def assert_no_param_change(fn: Callable[..., Any], state: TrainState, *args: Any) -> Any:
+    """Assert ``fn(state, *args)`` leaves every parameter and buffer as it was; return its result.
+
+    Example:
+        >>> import ftrain
+        >>> s = ftrain.testing.toy_state()
+        >>> _ = ftrain.testing.assert_no_param_change(ftrain.eval_step, s, ftrain.testing.toy_batch())
+    """
+    before = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
+    result = fn(state, *args)
+    changed = [k for k, v in state.model.state_dict().items() if not torch.equal(before[k], v)]
+    if changed:
+        msg = f"{getattr(fn, '__name__', fn)!s} changed: {', '.join(changed)}."
+        raise AssertionError(msg)
+    return result
+
+
+def assert_overfits(
+    state: TrainState,
+    batch: Any,
+    steps: int = 50,
+    *,
+    factor: float = 0.5,
+    step_fn: StepFn = train_step,
+) -> tuple[float, float]:
+    """Assert training on one batch for ``steps`` steps brings the loss below ``factor`` × start.
+
+    The classic sanity check: a model that cannot overfit one batch has a bug. Works on a fork.
+
+    Returns:
+        ``(first_loss, last_loss)``.
+
+    Example:
+        >>> import ftrain
+        >>> first, last = ftrain.testing.assert_overfits(ftrain.testing.toy_state(), ftrain.testing.toy_batch())
+    """
+    work = fork(state)
+    first = float(eval_step(work, batch)["loss"])
+    for _ in range(steps):
+        work, _ = step_fn(work, batch)
+    last = float(eval_step(work, batch)["loss"])
+    if not last < factor * first:
+        msg = (
+            f"loss did not fall below {factor} x its start after {steps} steps on one batch "
+            f"(from {first:.6g} to {last:.6g}): check the loss, the learning rate and that "
+            "the optimizer holds the model's parameters."
+        )
+        raise AssertionError(msg)
+    return first, last
+
+
+def find_unused_parameters(state: TrainState, batch: Any) -> list[str]:
+    """Names of trainable parameters that get no gradient from ``loss_fn`` on ``batch``.
+
+    Runs `forward_backward` on a fork, so ``state`` is not consumed.
+
+    Example:
+        >>> import ftrain
+        >>> ftrain.testing.find_unused_parameters(ftrain.testing.toy_state(), ftrain.testing.toy_batch())
+        []
+    """
+    work, _ = forward_backward(fork(state), batch)
+    return [
+        n for n, p in work.model.named_parameters() if p.requires_grad and p.grad is None
+    ]
+
+
+def assert_pure_step(state: TrainState, batch: Any, *, step_fn: StepFn = train_step) -> None:
+    """Assert two forks of ``state`` given ``batch`` give bit-identical metrics and parameters.
+
+    Catches randomness that does not come from the state (a global generator read outside the
+    step, ``time``-based seeds, nondeterministic kernels). Works on forks.
+
+    Example:
+        >>> import ftrain
+        >>> ftrain.testing.assert_pure_step(ftrain.testing.toy_state(dropout=0.5), ftrain.testing.toy_batch())
+    """
+    a, ma = step_fn(fork(state), batch)
+    torch.manual_seed(torch.seed() % 2**31)  # disturb the global generator in between
+    b, mb = step_fn(fork(state), batch)
+    diff = [k for k in ma if not torch.equal(torch.as_tensor(ma[k]), torch.as_tensor(mb[k]))]
+    pa, pb = _params(a), _params(b)
+    diff += [n for n in pa if not torch.equal(pa[n], pb[n])]
+    if diff:
+        msg = f"the same state and batch gave different results for: {', '.join(diff)}."
+        raise AssertionError(msg)

@@ -108,7 +108,7 @@ def test_interval_end_carries_host_floats_averaged_over_the_interval():
     ftrain.fit(make_classifier(), train, [grab], max_epochs=1, log_every_n_steps=3)
     assert [e.step for e in events] == [3, 6]
     assert all(isinstance(v, float) for e in events for v in e.metrics.values())
-    assert set(events[0].metrics) == {"train_loss", "train_acc"}
+    assert set(events[0].metrics) == {"train_loss", "train_acc", "lr"}
 
 
 def test_early_stopping_stops_fit_and_keeps_its_memory_in_the_state():
