@@ -1,0 +1,192 @@
+"""Built-in callbacks: each called in isolation with a state and an event, and through fit."""
+
+import csv
+import io
+import math
+
+import pytest
+import torch
+
+import ftrain
+from conftest import make_classifier, make_loaders
+from ftrain import EpochEnd, EpochStart, EvalEnd, FitEnd, FitStart, IntervalEnd, StepEnd
+from ftrain.callbacks import (
+    CSVLogger,
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelSummary,
+    ProgressBar,
+    RichModelSummary,
+    RichProgressBar,
+    TensorBoardLogger,
+    TerminateOnNaN,
+    Timer,
+)
+from ftrain.testing import toy_state
+
+
+def _eval(loss, epoch=0):
+    return EvalEnd(epoch=epoch, step=epoch * 10, metrics={"val_loss": loss, "val_acc": 1 - loss})
+
+
+def test_early_stopping_counts_patience_in_the_state():
+    stop = EarlyStopping(monitor="val_loss", patience=2, min_delta=0.01)
+    state = toy_state()
+    for epoch, loss in enumerate([1.0, 0.5, 0.495, 0.6]):
+        state = stop(state, _eval(loss, epoch))
+    memory = state.callback_state["early_stopping"]
+    assert state.should_stop and memory.best == 0.5 and memory.wait == 2
+    assert memory.stopped_at_epoch == 3
+
+
+def test_early_stopping_max_mode_and_auto_mode():
+    assert EarlyStopping(monitor="val_acc").resolved_mode == "max"
+    stop = EarlyStopping(monitor="val_acc", patience=1)
+    state = stop(toy_state(), _eval(0.5))  # val_acc 0.5
+    state = stop(state, _eval(0.4))  # val_acc 0.6: improved
+    assert not state.should_stop and state.callback_state["early_stopping"].best == 0.6
+    with pytest.raises(ValueError, match="`mode` must be"):
+        EarlyStopping(mode="up")
+
+
+def test_early_stopping_is_pure():
+    state = toy_state()
+    EarlyStopping()(state, _eval(1.0))
+    assert state.callback_state == {} and not state.should_stop
+
+
+def test_early_stopping_on_train_metric_listens_to_epoch_end():
+    stop = EarlyStopping(monitor="train_loss", patience=1)
+    state = stop(toy_state(), EpochEnd(0, 5, {"train_loss": 1.0}))
+    state = stop(state, EpochEnd(1, 10, {"train_loss": 2.0}))
+    assert state.should_stop
+
+
+def test_progress_bar_writes_a_bar_and_summaries():
+    out = io.StringIO()
+    train, val = make_loaders()
+    ftrain.fit(make_classifier(), (train, val), [ProgressBar(refresh_rate=0, file=out)], max_epochs=2)
+    text = out.getvalue()
+    assert "epoch 0" in text and "6/6" in text and "loss=" in text
+    assert "val_acc=" in text and "train_loss=" in text
+
+
+def test_progress_bar_syncs_only_at_refresh(monkeypatch):
+    reads = []
+    original = torch.Tensor.__float__
+    monkeypatch.setattr(torch.Tensor, "__float__", lambda t: (reads.append(1), original(t))[1])
+    bar = ProgressBar(refresh_rate=3600, file=io.StringIO())
+    state = bar(toy_state(), EpochStart(0, 100))
+    for i in range(50):
+        state = bar(state, StepEnd(i + 1, 0, i, {"loss": torch.tensor(1.0)}, 4))
+    assert reads == []
+
+
+def test_rich_progress_bar_and_summaries_render():
+    rich_console = pytest.importorskip("rich.console")
+    console = rich_console.Console(file=io.StringIO(), width=120)
+    train, val = make_loaders()
+    lines = []
+    callbacks = [RichProgressBar(refresh_rate=0, console=console), RichModelSummary(console=console),
+                 ModelSummary(print_fn=lines.append)]
+    ftrain.fit(make_classifier(), (train, val), callbacks, max_epochs=1)
+    text = console.file.getvalue()
+    assert "Model summary" in text and "Linear" in text and "val_loss=" in text
+    assert any("Total params: 210" in line for line in lines)
+    assert any(line.startswith("0") and "Linear" in line and "176" in line for line in lines)
+
+
+def test_summarize_counts_frozen_parameters():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+    model[0].requires_grad_(False)
+    s = ftrain.callbacks.summarize(model)
+    assert (s.total, s.trainable, s.frozen) == (58, 18, 40)
+    assert s.size_mb == pytest.approx(58 * 4 / 1e6)
+
+
+def test_csv_logger_writes_interval_epoch_and_val_rows(tmp_path):
+    train, val = make_loaders()
+    log = CSVLogger(tmp_path)
+    ftrain.fit(make_classifier(), (train, val), [log], max_epochs=2, log_every_n_steps=3)
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").read_text().splitlines()))
+    assert [r["event"] for r in rows] == ["interval", "interval", "epoch", "val"] * 2
+    assert [int(r["step"]) for r in rows if r["event"] == "interval"] == [3, 6, 9, 12]
+    assert float(rows[2]["train_loss"]) > 0 and rows[3]["val_acc"] != ""
+
+
+def test_csv_logger_appends_when_resuming(tmp_path):
+    CSVLogger(tmp_path)(toy_state(), EpochEnd(0, 5, {"train_loss": 1.0}))
+    log = CSVLogger(tmp_path / "metrics.csv", append=True)
+    log(toy_state(), EvalEnd(0, 5, {"val_loss": 2.0}))
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").read_text().splitlines()))
+    assert [(r["event"], r["train_loss"], r["val_loss"]) for r in rows] == [
+        ("epoch", "1.0", ""), ("val", "", "2.0")]
+
+
+def test_tensorboard_logger_writes_readable_events(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train, val = make_loaders()
+    ftrain.fit(make_classifier(), (train, val), [TensorBoardLogger(tmp_path)], max_epochs=2,
+               log_every_n_steps=2)
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"step/train_loss", "epoch/train_loss", "val_loss", "val_acc"} <= set(tags)
+    assert [e.step for e in acc.Scalars("step/train_loss")] == [2, 4, 6, 8, 10, 12]
+
+
+def test_learning_rate_monitor_records_every_group():
+    state = ftrain.TrainState.create(
+        model=torch.nn.Linear(2, 2),
+        optimizer=lambda p: torch.optim.SGD([{"params": [next(iter(p))], "lr": 0.1},
+                                             {"params": [], "lr": 0.5}]),
+        loss_fn=lambda m, b: m(b).sum(),
+    )
+    mon = LearningRateMonitor()
+    state = mon(state, IntervalEnd(10, 0, {}))
+    state = mon(state, EpochEnd(0, 10, {}))  # ignored at interval="step"
+    assert state.callback_state["lr_monitor"] == ((10, (0.1, 0.5)),)
+
+
+def test_terminate_on_nan_stops_gracefully():
+    cb = TerminateOnNaN()
+    state = cb(toy_state(), EvalEnd(0, 4, {"val_loss": math.nan}))
+    assert state.should_stop and state.callback_state["terminate_on_nan"]["metrics"] == ("val_loss",)
+    assert not cb(toy_state(), EvalEnd(0, 4, {"val_loss": 1.0})).should_stop
+    per_step = TerminateOnNaN(check_every_n_steps=2)
+    event = StepEnd(2, 0, 1, {"loss": torch.tensor(math.inf)}, 4)
+    assert per_step(toy_state(), event).should_stop
+    assert not per_step(toy_state(), StepEnd(3, 0, 2, {"loss": torch.tensor(math.inf)}, 4)).should_stop
+
+
+def test_timer_stops_fit_and_remembers_elapsed_time():
+    train, _ = make_loaders()
+    state, history = ftrain.fit(make_classifier(), train, [Timer(max_time=1e-9)], max_epochs=5)
+    memory = state.callback_state["timer"]
+    assert state.step == 1 and memory.stopped_at_step == 1 and history == []
+    timer = Timer(max_time="00:00:00:01")
+    assert timer.max_seconds == 1.0
+    state = timer(toy_state(), FitStart(0, 0, 1, None))
+    state = timer(state, FitEnd(0, 0, ()))
+    assert 0 <= state.callback_state["timer"].elapsed < 1 and not state.should_stop
+    with pytest.raises(ValueError, match="`max_time` must be"):
+        Timer("1 hour")
+
+
+def test_observers_return_the_state_unchanged():
+    state = toy_state()
+    for cb in (ProgressBar(file=io.StringIO()), ModelSummary(print_fn=lambda line: None)):
+        for event in (FitStart(0, 0, 1, None), EpochStart(0, 1), EpochEnd(0, 1, {}), FitEnd(1, 1, ())):
+            assert cb(state, event) is state
+
+
+def test_plot_history_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    train, val = make_loaders()
+    _, history = ftrain.fit(make_classifier(), (train, val), max_epochs=2)
+    out = ftrain.plot_history(history, tmp_path / "curves.png")
+    assert out.read_bytes()[:4] == b"\x89PNG" and out.stat().st_size > 5000
+    with pytest.raises(ValueError, match="at least one row"):
+        ftrain.plot_history([], tmp_path / "x.png")
