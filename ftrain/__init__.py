@@ -15,9 +15,13 @@ from ._callback import chain as chain
 from ._callback import every as every
 from ._callback import on as on
 from ._callback import when as when
+from ._checkpoint import latest_checkpoint as latest_checkpoint
+from ._checkpoint import load as load
+from ._checkpoint import save as save
 from ._data import EpochSampler as EpochSampler
 from ._data import prepare_loader as prepare_loader
 from ._errors import CallbackSignatureError as CallbackSignatureError
+from ._errors import CheckpointError as CheckpointError
 from ._errors import FtrainError as FtrainError
 from ._errors import NonFiniteError as NonFiniteError
 from ._errors import PlacementError as PlacementError
@@ -28,6 +32,7 @@ from ._events import EvalEnd as EvalEnd
 from ._events import FitEnd as FitEnd
 from ._events import FitStart as FitStart
 from ._events import IntervalEnd as IntervalEnd
+from ._events import Interrupted as Interrupted
 from ._events import StepEnd as StepEnd
 from ._loop import eval_epoch as eval_epoch
 from ._loop import fit as fit
@@ -59,6 +64,7 @@ except PackageNotFoundError:  # running from a source tree without installing
 __all__ = (
     "CallbackSignatureError",
     "Callback",
+    "CheckpointError",
     "EpochEnd",
     "EpochSampler",
     "EpochStart",
@@ -67,6 +73,7 @@ __all__ = (
     "FitStart",
     "FtrainError",
     "IntervalEnd",
+    "Interrupted",
     "LossFn",
     "NonFiniteError",
     "PlacementError",
@@ -89,11 +96,14 @@ __all__ = (
     "fit",
     "fork",
     "forward_backward",
+    "latest_checkpoint",
+    "load",
     "move",
     "on",
     "place",
     "plot_history",
     "prepare_loader",
+    "save",
     "strategies",
     "supervised",
     "testing",

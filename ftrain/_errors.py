@@ -11,6 +11,7 @@ from __future__ import annotations
 
 __all__ = [
     "CallbackSignatureError",
+    "CheckpointError",
     "FtrainError",
     "NonFiniteError",
     "PlacementError",
@@ -41,3 +42,7 @@ class NonFiniteError(FtrainError, FloatingPointError):
 
 class CallbackSignatureError(FtrainError, TypeError):
     """A callback or loss function cannot be called the way ftrain calls it."""
+
+
+class CheckpointError(FtrainError):
+    """A checkpoint is missing, truncated, corrupt, from a newer version or from another model."""

@@ -7,6 +7,9 @@ wrapped with `ftrain.on`. The order for one run is::
       EpochStart, (StepEnd, [IntervalEnd])*, EpochEnd, [EvalEnd]     once per epoch
     FitEnd
 
+`Interrupted` comes instead of the rest when training is cut short: by an exception inside
+`train_epoch` (the event carries it; the exception is re-raised after the callbacks ran) or by a
+stop signal `fit` was asked to handle (then `FitEnd` follows and `fit` returns normally).
 ``IntervalEnd`` comes every ``log_every_n_steps`` optimizer steps, with metrics already brought to
 the host (and averaged across processes): loggers listen to it and never sync on their own.
 ``EvalEnd`` also comes mid-epoch when validation runs every N steps. Epoch indices are 0-based,
@@ -21,17 +24,31 @@ from typing import Any
 import attrs
 import torch
 
-__all__ = ["EpochEnd", "EpochStart", "EvalEnd", "FitEnd", "FitStart", "IntervalEnd", "StepEnd"]
+__all__ = [
+    "EpochEnd",
+    "EpochStart",
+    "EvalEnd",
+    "FitEnd",
+    "FitStart",
+    "IntervalEnd",
+    "Interrupted",
+    "StepEnd",
+]
 
 
 @attrs.frozen
 class FitStart:
-    """`fit` is starting (also when it continues a resumed run)."""
+    """`fit` is starting (also when it continues a resumed run).
+
+    ``val_every_n_epochs`` is None when `fit` has no validation loader.
+    """
 
     step: int
     epoch: int
     max_epochs: int | None
     max_steps: int | None
+    log_every_n_steps: int = 50
+    val_every_n_epochs: int | None = None
 
 
 @attrs.frozen
@@ -89,3 +106,16 @@ class FitEnd:
     step: int
     epoch: int
     history: tuple[Mapping[str, Any], ...]
+
+
+@attrs.frozen
+class Interrupted:
+    """Training was cut short at ``step``: ``reason`` is ``"signal"`` or ``"exception"``.
+
+    The state given with it is the last consistent one (after the last completed batch).
+    """
+
+    step: int
+    epoch: int
+    reason: str
+    error: BaseException | None = None

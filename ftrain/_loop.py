@@ -7,17 +7,32 @@ functions; ``tests/test_loop.py`` shows one reproducing `fit` exactly.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from toolz import keymap
 
 from ._batch import batch_size
-from ._callback import chain, check_callbacks
+from ._callback import chain, check_callbacks, on
+from ._checkpoint import latest_checkpoint, load
 from ._data import prepare_loader, start_epoch
-from ._events import EpochEnd, EpochStart, EvalEnd, FitEnd, FitStart, IntervalEnd, StepEnd
+from ._events import (
+    EpochEnd,
+    EpochStart,
+    EvalEnd,
+    FitEnd,
+    FitStart,
+    IntervalEnd,
+    Interrupted,
+    StepEnd,
+)
 from ._metrics import MeanAccumulator, check_finite, means, merge_sums
 from ._state import TrainState, check_live, update
 from ._step import eval_metrics, eval_mode, train_step
@@ -80,34 +95,45 @@ def train_epoch(
     position, samples, last_log = state.epoch_batch, 0, state.step
     finished = True
     t0 = time.perf_counter()
-    for batch in batches:
-        n = batch_size(batch)
-        state, metrics = step_fn(state, batch)
-        position += 1
-        samples += n
-        interval.add(metrics, metrics.get("count", n))
-        if cb is not None:
-            state = update(state, epoch_batch=position)
-            state = cb(state, StepEnd(state.step, state.epoch, position - 1, metrics, n))
-        if state.step != last_log and state.step % log_every_n_steps == 0:
-            last_log = state.step
-            sums = interval.sums(reduce_sum)
-            check_finite(means(sums), interval, "training")
-            totals = merge_sums(totals, sums)
-            interval = MeanAccumulator(state.step)
-            state = update(state, epoch_batch=position, epoch_totals=totals)
+    try:
+        for batch in batches:
+            n = batch_size(batch)
+            state, metrics = step_fn(state, batch)
+            position += 1
+            samples += n
+            interval.add(metrics, metrics.get("count", n))
             if cb is not None:
-                logs = {**keymap(_train_key, means(sums)), "lr": state.lr}
-                state = cb(state, IntervalEnd(state.step, state.epoch, logs))
-        if (
-            state.should_stop
-            or (max_batches is not None and position >= max_batches)
-            or (max_steps is not None and state.step >= max_steps)
-        ):
-            finished = (max_batches is not None and position >= max_batches) or (
-                total is not None and position >= total
-            )
-            break
+                state = update(state, epoch_batch=position)
+                state = cb(state, StepEnd(state.step, state.epoch, position - 1, metrics, n))
+            if state.step != last_log and state.step % log_every_n_steps == 0:
+                last_log = state.step
+                sums = interval.sums(reduce_sum)
+                check_finite(means(sums), interval, "training")
+                totals = merge_sums(totals, sums)
+                interval = MeanAccumulator(state.step)
+                state = update(state, epoch_batch=position, epoch_totals=totals)
+                if cb is not None:
+                    logs = {**keymap(_train_key, means(sums)), "lr": state.lr}
+                    state = cb(state, IntervalEnd(state.step, state.epoch, logs))
+            if (
+                state.should_stop
+                or (max_batches is not None and position >= max_batches)
+                or (max_steps is not None and state.step >= max_steps)
+            ):
+                finished = (max_batches is not None and position >= max_batches) or (
+                    total is not None and position >= total
+                )
+                break
+    except BaseException as err:
+        # Callbacks see the last consistent state (a checkpoint can be written), then it raises.
+        if cb is not None and state.is_live:
+            try:  # fold the open interval in, so a checkpoint resumes the epoch's logs
+                totals = merge_sums(totals, interval.sums())
+                state = update(state, epoch_batch=position, epoch_totals=totals)
+            except Exception:  # noqa: S110 - the original error matters more
+                pass
+            cb(state, Interrupted(state.step, state.epoch, "exception", err))
+        raise
     if position == 0:
         msg = (
             "`loader` passed to `train_epoch` yielded no batches. Check the dataset length, "
@@ -193,6 +219,8 @@ def fit(
     limit_train_batches: int | None = None,
     limit_val_batches: int | None = None,
     log_every_n_steps: int = 50,
+    resume: str | os.PathLike[str] | None = None,
+    stop_signals: Sequence[int] = (),
 ) -> tuple[TrainState, list[dict[str, Any]]]:
     """Train until ``max_epochs`` or ``max_steps`` (totals for the run) or a callback stops it.
 
@@ -212,6 +240,12 @@ def fit(
         val_every_n_steps: also validate every n optimizer steps.
         limit_train_batches, limit_val_batches: batches per epoch, for quick runs.
         log_every_n_steps: the log interval (one host sync per interval).
+        resume: a checkpoint file to load into ``state`` first, or a directory: its newest
+            checkpoint that validates is loaded (corrupt ones are skipped with a warning), and
+            training starts fresh when it holds none. ``state`` is then the template.
+        stop_signals: signals (e.g. ``signal.SIGTERM`` for preemption) that stop training
+            cleanly after the current batch: callbacks get `Interrupted` (`Checkpoint` saves),
+            then `FitEnd`, and `fit` returns. Handlers are installed only for this call.
 
     Returns:
         ``(new_state, history)``: one dict per finished epoch with ``epoch``, ``step``,
@@ -233,6 +267,8 @@ def fit(
     _check_limit("max_steps", max_steps)
     _check_positive("val_every_n_epochs", val_every_n_epochs)
     _check_limit("val_every_n_steps", val_every_n_steps, positive=True)
+    if resume is not None:
+        state = _resume(state, resume)
     train, val = _split_loaders(loaders)
     train = prepare_loader(state, train)
     val = None if val is None else prepare_loader(state, val, train=False)
@@ -242,6 +278,8 @@ def fit(
     def validate(state: TrainState, epoch: int) -> tuple[TrainState, dict[str, float]]:
         assert val is not None
         metrics = eval_epoch(state, val, max_batches=limit_val_batches, prefix="val_")
+        if state.epoch_batch == 0:  # an epoch-end validation drives ReduceLROnPlateau
+            _step_plateau_scheduler(state, metrics)
         return user_cb(state, EvalEnd(epoch, state.step, metrics)), metrics
 
     def validate_mid_epoch(state: TrainState, event: Any) -> TrainState:
@@ -250,7 +288,17 @@ def fit(
             history.append({"epoch": state.epoch, "step": state.step, **metrics})
         return state
 
-    epoch_cb = user_cb if val is None or val_every_n_steps is None else chain(user_cb, validate_mid_epoch)
+    signalled: list[int] = []
+
+    def watch_signals(state: TrainState, event: Any) -> TrainState:
+        return update(state, should_stop=True) if signalled else state
+
+    epoch_cbs = [user_cb]
+    if val is not None and val_every_n_steps is not None:
+        epoch_cbs.append(validate_mid_epoch)
+    if stop_signals:
+        epoch_cbs.append(on(StepEnd, watch_signals))
+    epoch_cb = chain(*epoch_cbs)
 
     def done(state: TrainState) -> bool:
         return (
@@ -259,30 +307,66 @@ def fit(
             or (max_steps is not None and state.step >= max_steps)
         )
 
-    state = user_cb(
-        state.replace(should_stop=False), FitStart(state.step, state.epoch, max_epochs, max_steps)
+    def run_epochs(state: TrainState) -> TrainState:
+        while not done(state) and not signalled:
+            epoch = state.epoch
+            state, logs = train_epoch(
+                state,
+                train,
+                (epoch_cb,),
+                step_fn=step_fn,
+                max_batches=limit_train_batches,
+                max_steps=max_steps,
+                log_every_n_steps=log_every_n_steps,
+            )
+            if state.epoch == epoch:  # stopped inside the epoch (max_steps, a callback, a signal)
+                break
+            row: dict[str, Any] = {"epoch": epoch, "step": state.step, **logs}
+            if val is not None and state.epoch % val_every_n_epochs == 0:
+                state, metrics = validate(state, epoch)
+                row.update(metrics)
+            elif val is None:
+                _step_plateau_scheduler(state, row)
+            history.append(row)
+        return state
+
+    start = FitStart(
+        state.step, state.epoch, max_epochs, max_steps, log_every_n_steps,
+        None if val is None else val_every_n_epochs,
     )
-    while not done(state):
-        epoch = state.epoch
-        state, logs = train_epoch(
-            state,
-            train,
-            (epoch_cb,),
-            step_fn=step_fn,
-            max_batches=limit_train_batches,
-            max_steps=max_steps,
-            log_every_n_steps=log_every_n_steps,
-        )
-        if state.epoch == epoch:  # stopped inside the epoch (max_steps or a callback)
-            break
-        row: dict[str, Any] = {"epoch": epoch, "step": state.step, **logs}
-        if val is not None and state.epoch % val_every_n_epochs == 0:
-            state, metrics = validate(state, epoch)
-            row.update(metrics)
-        _step_plateau_scheduler(state, row)
-        history.append(row)
+    state = user_cb(state.replace(should_stop=False), start)
+    with _catch_signals(stop_signals, signalled):
+        state = run_epochs(state)
+    if signalled:
+        state = user_cb(state, Interrupted(state.step, state.epoch, "signal"))
     state = user_cb(state, FitEnd(state.step, state.epoch, tuple(history)))
     return state, history
+
+
+@contextlib.contextmanager
+def _catch_signals(signals: Sequence[int], received: list[int]) -> Iterator[None]:
+    """Record ``signals`` into ``received`` instead of their default action, for one block."""
+    if not signals:
+        yield
+        return
+    if threading.current_thread() is not threading.main_thread():
+        msg = "`stop_signals` can only be handled when `fit` runs in the main thread."
+        raise ValueError(msg)
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
+                for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _resume(state: TrainState, resume: str | os.PathLike[str]) -> TrainState:
+    path = Path(resume)
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        return state if found is None else load(state, found)
+    return load(state, path)
 
 
 def _split_loaders(loaders: Any) -> tuple[Iterable[Any], Iterable[Any] | None]:

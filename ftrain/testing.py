@@ -10,12 +10,16 @@ Example:
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from ._checkpoint import load, save
+from ._loop import fit
 from ._loss import supervised
 from ._state import TrainState, fork
 from ._step import eval_step, forward_backward, train_step
@@ -25,6 +29,8 @@ __all__ = [
     "assert_no_param_change",
     "assert_overfits",
     "assert_pure_step",
+    "assert_resume_equivalent",
+    "assert_states_equal",
     "assert_step_changes_params",
     "find_unused_parameters",
     "toy_batch",
@@ -180,3 +186,76 @@ def assert_pure_step(state: TrainState, batch: Any, *, step_fn: StepFn = train_s
     if diff:
         msg = f"the same state and batch gave different results for: {', '.join(diff)}."
         raise AssertionError(msg)
+
+
+_TIMING = ("epoch_time", "samples_per_sec")
+
+
+def assert_states_equal(a: TrainState, b: TrainState) -> None:
+    """Assert two states hold bit-identical weights, buffers, optimizer state and counters."""
+    for field in ("step", "epoch", "epoch_batch", "micro_step", "seed"):
+        if getattr(a, field) != getattr(b, field):
+            msg = f"`{field}` differs: {getattr(a, field)} vs {getattr(b, field)}."
+            raise AssertionError(msg)
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    diff = [k for k in sa if not torch.equal(sa[k], sb[k])]
+    oa, ob = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
+    diff += [
+        f"optimizer[{i}].{k}"
+        for i in oa
+        for k, v in oa[i].items()
+        if isinstance(v, torch.Tensor) and not torch.equal(v, ob[i][k])
+    ]
+    if a.scheduler is not None and a.scheduler.state_dict() != b.scheduler.state_dict():
+        diff.append("scheduler")
+    if diff:
+        msg = f"states differ in: {', '.join(diff[:10])}."
+        raise AssertionError(msg)
+
+
+def assert_resume_equivalent(
+    make_state: Callable[[], TrainState],
+    loaders: Any,
+    *,
+    max_steps: int,
+    resume_at: int,
+    path: str | os.PathLike[str],
+    callbacks: Callable[[], Sequence[Any]] = tuple,
+    **fit_kwargs: Any,
+) -> TrainState:
+    """Assert N steps straight equal k steps, `save`, `load` into a fresh state, N − k steps.
+
+    Compares every parameter, buffer and optimizer tensor bit for bit (`torch.equal`), the
+    counters, and the history `fit` returned (timings aside; float logs to 1e-12 relative, since
+    an epoch's sums are added in another order across the split).
+
+    Args:
+        make_state: builds a fresh (unplaced or placed) state; called three times.
+        loaders: as for `fit`.
+        max_steps: N, the length of the run.
+        resume_at: k, where the run is cut, saved and resumed.
+        path: the checkpoint file to use.
+        callbacks: builds the run's callbacks (fresh ones for each of the three fits).
+        fit_kwargs: passed to every `fit` call.
+
+    Returns:
+        The resumed run's final state.
+    """
+    straight, history = fit(make_state(), loaders, callbacks(), max_steps=max_steps, **fit_kwargs)
+    first, part1 = fit(make_state(), loaders, callbacks(), max_steps=resume_at, **fit_kwargs)
+    save(first, path)
+    resumed = load(make_state(), path)
+    resumed, part2 = fit(resumed, loaders, callbacks(), max_steps=max_steps, **fit_kwargs)
+    assert_states_equal(straight, resumed)
+    joined = part1 + part2
+    if len(joined) != len(history):
+        msg = f"history has {len(history)} rows straight but {len(joined)} resumed."
+        raise AssertionError(msg)
+    for row_a, row_b in zip(history, joined, strict=True):
+        keys = set(row_a) - set(_TIMING)
+        if keys != set(row_b) - set(_TIMING) or any(
+            not math.isclose(row_a[k], row_b[k], rel_tol=1e-12, abs_tol=1e-15) for k in keys
+        ):
+            msg = f"history differs: {row_a} vs {row_b}."
+            raise AssertionError(msg)
+    return resumed

@@ -4,6 +4,8 @@ Observers (progress bars, summaries, loggers) return the state unchanged and do 
 only; callbacks with memory keep it in ``state.callback_state[name]``, so it is checkpointed.
 """
 
+from ._checkpoint import Checkpoint as Checkpoint
+from ._checkpoint import CheckpointState as CheckpointState
 from ._early_stopping import EarlyStopping as EarlyStopping
 from ._early_stopping import EarlyStoppingState as EarlyStoppingState
 from ._loggers import CSVLogger as CSVLogger
@@ -20,6 +22,8 @@ from ._summary import summarize as summarize
 
 __all__ = (
     "CSVLogger",
+    "Checkpoint",
+    "CheckpointState",
     "EarlyStopping",
     "EarlyStoppingState",
     "LearningRateMonitor",

@@ -1,0 +1,152 @@
+"""`Checkpoint`: save the state every N steps and/or epochs, keeping the last and the best k."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .._checkpoint import checkpoint_name, list_checkpoints, save
+from .._errors import FtrainError
+from .._events import EpochEnd, EvalEnd, FitStart, IntervalEnd, Interrupted
+from .._state import TrainState
+
+__all__ = ["Checkpoint", "CheckpointState"]
+
+
+@attrs.frozen
+class CheckpointState:
+    """Checkpoint's memory: the retained best files as ``(value, name)``, best first, and the
+    last file written."""
+
+    best: tuple[tuple[float, str], ...] = ()
+    last: str | None = None
+
+
+class Checkpoint:
+    """Save the state into ``dirpath`` as ``step-<step>.ckpt``; keep the newest and the best k.
+
+    Saves happen at points where the state is complete, so resuming from any of them repeats the
+    uninterrupted run: every ``every_n_steps`` optimizer steps at the log interval's end
+    (``every_n_steps`` must be a multiple of `fit`'s ``log_every_n_steps``), and after every
+    ``every_n_epochs`` epochs (after validation when that epoch is validated). Put `Checkpoint`
+    last in the callbacks list, so the memory of the callbacks before it is in the file.
+
+    Old files are deleted only after the new one is committed (written, fsynced, renamed), and
+    leftover temporary files of interrupted writes are removed when `fit` starts.
+
+    Args:
+        dirpath: the directory for checkpoints (created if missing).
+        every_n_steps: save every n optimizer steps (None: never mid-epoch).
+        every_n_epochs: save after every n epochs (None: never at epoch ends).
+        monitor: a metric to rank checkpoints by (``"val_loss"``); None keeps no best.
+        mode: ``"min"`` or ``"max"``; None picks ``"max"`` for names containing ``acc``.
+        save_top_k: how many best checkpoints to keep (with ``monitor``).
+        keep_last: how many of the newest checkpoints to keep.
+        save_on_interrupt: also save when training is cut short (a stop signal `fit` handles, or
+            an exception inside the epoch: the state after the last completed batch).
+        name: the key of its memory in ``state.callback_state``.
+    """
+
+    def __init__(
+        self,
+        dirpath: str | os.PathLike[str],
+        *,
+        every_n_steps: int | None = None,
+        every_n_epochs: int | None = 1,
+        monitor: str | None = None,
+        mode: str | None = None,
+        save_top_k: int = 1,
+        keep_last: int = 1,
+        save_on_interrupt: bool = True,
+        name: str = "checkpoint",
+    ):
+        for arg, value in (("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                msg = f"`{arg}` must be a positive int or None (got {value!r})."
+                raise ValueError(msg)
+        if mode not in (None, "min", "max"):
+            msg = f"`mode` must be 'min', 'max' or None (got {mode!r})."
+            raise ValueError(msg)
+        if save_top_k < 0 or keep_last < 1:
+            msg = f"`save_top_k` must be >= 0 and `keep_last` >= 1 (got {save_top_k}, {keep_last})."
+            raise ValueError(msg)
+        self.dirpath = Path(dirpath)
+        self.every_n_steps = every_n_steps
+        self.every_n_epochs = every_n_epochs
+        self.monitor = monitor
+        self.mode = mode or ("max" if monitor and "acc" in monitor else "min")
+        self.save_top_k = save_top_k
+        self.keep_last = keep_last
+        self.save_on_interrupt = save_on_interrupt
+        self.name = name
+        self._val_every: int | None = None
+
+    def __call__(self, state: TrainState, event: Any) -> TrainState:
+        if isinstance(event, FitStart):
+            self._start(event)
+        elif isinstance(event, IntervalEnd):
+            if self.every_n_steps and event.step % self.every_n_steps == 0:
+                return self.save(state, event.metrics)
+        elif isinstance(event, EpochEnd):
+            if self._epoch_due(event.epoch) and not self._validated(event.epoch):
+                return self.save(state, event.metrics)
+        elif isinstance(event, EvalEnd):
+            at_epoch_end = state.epoch_batch == 0 and state.epoch == event.epoch + 1
+            if at_epoch_end and self._epoch_due(event.epoch):
+                return self.save(state, event.metrics)
+        elif isinstance(event, Interrupted) and self.save_on_interrupt:
+            try:
+                return self.save(state, {})
+            except (FtrainError, OSError) as err:
+                warnings.warn(f"No checkpoint written at the interruption: {err}", stacklevel=2)
+        return state
+
+    def save(self, state: TrainState, metrics: Any) -> TrainState:
+        """Save ``state`` now (returns it with the updated memory), then apply retention."""
+        memory = state.callback_state.get(self.name, CheckpointState())
+        if isinstance(memory, dict):
+            memory = CheckpointState(**memory)
+        fname = checkpoint_name(state.step)
+        best = [b for b in memory.best if b[1] != fname]
+        value = metrics.get(self.monitor) if self.monitor else None
+        if isinstance(value, float) and math.isfinite(value):
+            best.append((value, fname))
+            best.sort(key=lambda b: b[0], reverse=self.mode == "max")
+        memory = CheckpointState(best=tuple(best[: self.save_top_k]), last=fname)
+        state = state.replace(callback_state={**state.callback_state, self.name: memory})
+        save(state, self.dirpath / fname)  # commit first ...
+        if state.rank == 0:
+            self._retain(memory)  # ... then delete what is no longer kept
+        return state
+
+    def _start(self, event: FitStart) -> None:
+        if self.every_n_steps and self.every_n_steps % event.log_every_n_steps:
+            msg = (
+                f"Checkpoint `every_n_steps` ({self.every_n_steps}) must be a multiple of fit's "
+                f"`log_every_n_steps` ({event.log_every_n_steps}): checkpoints are written at "
+                "log-interval ends, where the epoch's logs are complete."
+            )
+            raise ValueError(msg)
+        self._val_every = event.val_every_n_epochs
+        if self.dirpath.is_dir():
+            for leftover in self.dirpath.glob(".step-*.tmp"):
+                leftover.unlink(missing_ok=True)
+
+    def _epoch_due(self, epoch: int) -> bool:
+        return self.every_n_epochs is not None and (epoch + 1) % self.every_n_epochs == 0
+
+    def _validated(self, epoch: int) -> bool:
+        return self._val_every is not None and (epoch + 1) % self._val_every == 0
+
+    def _retain(self, memory: CheckpointState) -> None:
+        files = list_checkpoints(self.dirpath)
+        keep = {p.name for p in files[-self.keep_last :]} | {f for _, f in memory.best}
+        keep.add(memory.last or "")
+        for p in files:
+            if p.name not in keep:
+                p.unlink(missing_ok=True)

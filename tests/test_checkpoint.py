@@ -1,0 +1,240 @@
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+import ftrain
+from conftest import make_classifier, make_loaders
+from ftrain import CheckpointError
+from ftrain.callbacks import Checkpoint, EarlyStopping
+from ftrain.testing import assert_resume_equivalent, assert_states_equal
+
+
+def test_round_trip_restores_everything(tmp_path):
+    train, val = make_loaders()
+    state, _ = ftrain.fit(make_classifier(), (train, val), [EarlyStopping(patience=5)], max_steps=9)
+    path = ftrain.save(state, tmp_path / "a.ckpt")
+    loaded = ftrain.load(make_classifier(seed=1), path)
+    assert_states_equal(state, loaded)
+    assert loaded.epoch_batch == 3 and loaded.epoch_totals == state.epoch_totals
+    assert loaded.callback_state["early_stopping"] == state.callback_state["early_stopping"]
+    assert state.is_live  # save does not consume
+
+
+def test_load_consumes_the_template(tmp_path):
+    path = ftrain.save(ftrain.testing.toy_state(), tmp_path / "a.ckpt")
+    template = ftrain.testing.toy_state()
+    ftrain.load(template, path)
+    with pytest.raises(ftrain.StaleStateError, match="`load`"):
+        ftrain.train_step(template, ftrain.testing.toy_batch())
+
+
+@pytest.mark.parametrize("resume_at", [6, 9])  # an epoch boundary and mid-epoch (6 batches/epoch)
+def test_resume_equals_the_uninterrupted_run_bit_for_bit(tmp_path, resume_at):
+    train, val = make_loaders()  # shuffled loader; dropout, AdamW momentum, a StepLR schedule
+    assert_resume_equivalent(
+        make_classifier, (train, val), max_steps=16, resume_at=resume_at,
+        path=tmp_path / "r.ckpt", callbacks=lambda: [EarlyStopping(patience=10)],
+        log_every_n_steps=3,
+    )
+
+
+def test_fit_resume_from_a_directory_of_checkpoints(tmp_path):
+    train, val = make_loaders()
+    straight, _ = ftrain.fit(make_classifier(), (train, val), max_epochs=4)
+    cb = Checkpoint(tmp_path, every_n_steps=4, every_n_epochs=1, keep_last=2)
+    first, _ = ftrain.fit(make_classifier(), (train, val), [cb], max_steps=8, log_every_n_steps=2)
+    names = sorted(p.name for p in tmp_path.glob("step-*.ckpt"))
+    assert names == ["step-000000006.ckpt", "step-000000008.ckpt"]  # keep_last=2
+    cb2 = Checkpoint(tmp_path, every_n_steps=4, keep_last=2)
+    resumed, history = ftrain.fit(make_classifier(), (train, val), [cb2], max_epochs=4,
+                                  log_every_n_steps=2, resume=tmp_path)
+    assert_states_equal(straight, resumed)
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+
+
+def test_resume_from_an_empty_directory_starts_fresh(tmp_path):
+    train, _ = make_loaders()
+    state, _ = ftrain.fit(make_classifier(), train, max_epochs=1, resume=tmp_path)
+    assert state.epoch == 1
+
+
+def test_best_k_retention_and_monitor(tmp_path):
+    train, val = make_loaders()
+    cb = Checkpoint(tmp_path, monitor="val_loss", save_top_k=2, keep_last=1)
+    state, history = ftrain.fit(make_classifier(), (train, val), [cb], max_epochs=5)
+    memory = state.callback_state["checkpoint"]
+    best = sorted(history, key=lambda r: r["val_loss"])[:2]
+    assert [v for v, _ in memory.best] == [r["val_loss"] for r in best]
+    kept = {p.name for p in tmp_path.glob("step-*.ckpt")}
+    assert kept == {f for _, f in memory.best} | {memory.last}
+
+
+def test_every_n_steps_must_align_with_the_log_interval(tmp_path):
+    train, _ = make_loaders()
+    with pytest.raises(ValueError, match="multiple of fit's `log_every_n_steps`"):
+        ftrain.fit(make_classifier(), train, [Checkpoint(tmp_path, every_n_steps=5)],
+                   max_epochs=1, log_every_n_steps=2)
+
+
+def test_leftover_temp_files_are_cleaned_at_start(tmp_path):
+    (tmp_path / ".step-000000003.ckpt.abc.tmp").write_bytes(b"partial")
+    train, _ = make_loaders()
+    ftrain.fit(make_classifier(), train, [Checkpoint(tmp_path)], max_epochs=1)
+    assert not list(tmp_path.glob("*.tmp")) and list(tmp_path.glob("step-*.ckpt"))
+
+
+def test_exception_inside_fit_keeps_the_last_checkpoint_and_saves_at_the_failure(tmp_path):
+    train, _ = make_loaders()
+    boom = ftrain.on(ftrain.StepEnd, lambda s, e: (_ for _ in ()).throw(RuntimeError("boom"))
+                     if e.step == 9 else s)
+    with pytest.raises(RuntimeError, match="boom"):
+        ftrain.fit(make_classifier(), train, [boom, Checkpoint(tmp_path)], max_epochs=3)
+    names = sorted(p.name for p in tmp_path.glob("step-*.ckpt"))
+    assert names[-1] == "step-000000009.ckpt" and ftrain.latest_checkpoint(tmp_path).name == names[-1]
+    resumed = ftrain.load(make_classifier(), tmp_path / names[-1])
+    assert resumed.step == 9 and resumed.epoch == 1 and resumed.epoch_batch == 3
+
+
+def test_a_nonfinite_state_is_never_saved(tmp_path):
+    state = ftrain.testing.toy_state()
+    good = ftrain.save(state, tmp_path / "step-000000001.ckpt")
+    with torch.no_grad():
+        state.model.weight[0, 0] = float("nan")
+    with pytest.raises(ftrain.NonFiniteError, match="weight"):
+        ftrain.save(state, tmp_path / "step-000000002.ckpt")
+    assert ftrain.latest_checkpoint(tmp_path) == good
+
+
+def test_sigterm_saves_and_fit_returns_cleanly(tmp_path):
+    train, _ = make_loaders()
+    kill = ftrain.on(ftrain.StepEnd, lambda s, e: (os.kill(os.getpid(), signal.SIGTERM), s)[1]
+                     if e.step == 4 else s)
+    state, history = ftrain.fit(make_classifier(), train, [kill, Checkpoint(tmp_path)],
+                                max_epochs=3, stop_signals=(signal.SIGTERM,))
+    assert state.step == 4 and history == []  # stopped right after the batch that was running
+    assert ftrain.load(make_classifier(), ftrain.latest_checkpoint(tmp_path)).step == 4
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def _corrupt(path, how):
+    data = bytearray(path.read_bytes())
+    if how == "truncate":
+        path.write_bytes(bytes(data[: len(data) // 2]))
+    elif how == "flip":
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "header":
+        path.write_bytes(bytes(data[:20]))
+
+
+@pytest.mark.parametrize(
+    ("how", "match"),
+    [("truncate", "truncated"), ("flip", "corrupt"), ("empty", "is empty"), ("header", "truncated")],
+)
+def test_damaged_files_get_the_typed_error_and_resume_falls_back(tmp_path, how, match):
+    state = ftrain.testing.toy_state()
+    ftrain.save(state, tmp_path / "step-000000001.ckpt")
+    bad = ftrain.save(state, tmp_path / "step-000000002.ckpt")
+    _corrupt(bad, how)
+    with pytest.raises(CheckpointError, match=f"{bad.name}.*{match}"):
+        ftrain.load(ftrain.testing.toy_state(), bad)
+    with pytest.warns(UserWarning, match="Skipping a bad checkpoint"):
+        assert ftrain.latest_checkpoint(tmp_path).name == "step-000000001.ckpt"
+
+
+def test_a_removed_part_is_detected(tmp_path):
+    import io
+    import zipfile
+
+    path = ftrain.save(ftrain.testing.toy_state(), tmp_path / "a.ckpt")
+    raw = path.read_bytes()
+    header, payload = raw[:52], raw[52:]
+    src = zipfile.ZipFile(io.BytesIO(payload))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as dst:
+        for item in src.infolist()[:-2]:  # drop the last record of the archive
+            dst.writestr(item, src.read(item))
+    path.write_bytes(header + out.getvalue())
+    with pytest.raises(CheckpointError, match="a.ckpt"):
+        ftrain.load(ftrain.testing.toy_state(), path)
+
+
+def test_files_from_elsewhere_are_refused(tmp_path):
+    plain = tmp_path / "plain.pt"
+    torch.save(ftrain.testing.toy_state().model.state_dict(), plain)
+    with pytest.raises(CheckpointError, match="not an ftrain checkpoint"):
+        ftrain.load(ftrain.testing.toy_state(), plain)
+    with pytest.raises(CheckpointError, match="Cannot read"):
+        ftrain.load(ftrain.testing.toy_state(), tmp_path / "missing.ckpt")
+
+
+def test_a_newer_format_version_is_refused(tmp_path):
+    path = ftrain.save(ftrain.testing.toy_state(), tmp_path / "a.ckpt")
+    raw = bytearray(path.read_bytes())
+    raw[8:12] = (99).to_bytes(4, "little")
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="format version 99, newer"):
+        ftrain.load(ftrain.testing.toy_state(), path)
+
+
+def test_a_checkpoint_of_another_model_names_every_mismatch(tmp_path):
+    path = ftrain.save(ftrain.testing.toy_state(), tmp_path / "a.ckpt")
+    other = ftrain.TrainState.create(model=nn.Sequential(nn.Linear(2, 4)),
+                                     optimizer=lambda p: torch.optim.SGD(p, 0.1),
+                                     loss_fn=lambda m, b: m(b).sum())
+    with pytest.raises(CheckpointError, match=r"missing keys \['0.bias', '0.weight'\].*unexpected keys"):
+        ftrain.load(other, path)
+    wider = ftrain.testing.toy_state(out_features=4)
+    with pytest.raises(CheckpointError, match=r"weight: checkpoint \(3, 2\) vs model \(4, 2\)"):
+        ftrain.load(wider, path)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {MARKER}",))
+
+
+MARKER = ""
+
+
+def test_a_crafted_pickle_runs_nothing(tmp_path):
+    global MARKER
+    MARKER = str(tmp_path / "pwned")
+    import hashlib
+    import io
+    import struct
+
+    buf = io.BytesIO()
+    torch.save({"format": "ftrain", "x": _Evil()}, buf)
+    payload = buf.getvalue()
+    header = struct.pack("<8sIQ32s", b"FTRAINCK", 1, len(payload), hashlib.sha256(payload).digest())
+    crafted = tmp_path / "step-000000001.ckpt"
+    crafted.write_bytes(header + payload)
+    raw_pickle = tmp_path / "raw.ckpt"
+    raw_pickle.write_bytes(pickle.dumps(_Evil()))
+    for path in (crafted, raw_pickle):
+        with pytest.raises(CheckpointError):
+            ftrain.load(ftrain.testing.toy_state(), path)
+    assert not os.path.exists(MARKER)
+
+
+def test_loading_maps_to_the_template_device(tmp_path):
+    state = ftrain.place(ftrain.testing.toy_state(), "cpu")
+    path = ftrain.save(state, tmp_path / "a.ckpt")
+    loaded = ftrain.load(ftrain.place(ftrain.testing.toy_state(), "cpu"), path)
+    assert all(p.device.type == "cpu" for p in loaded.model.parameters())
+
+
+def test_callback_state_must_be_plain_data(tmp_path):
+    state = ftrain.testing.toy_state().replace(callback_state={"mine": object()})
+    with pytest.raises(TypeError, match="plain data"):
+        ftrain.save(state, tmp_path / "a.ckpt")
