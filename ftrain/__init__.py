@@ -49,6 +49,7 @@ from ._transforms import Step as Step
 from ._transforms import as_step as as_step
 from ._transforms import with_accumulation as with_accumulation
 from ._transforms import with_grad_clip as with_grad_clip
+from ._transforms import with_skip_nonfinite as with_skip_nonfinite
 from ._typing import Callback as Callback
 from ._typing import LossFn as LossFn
 from ._typing import StepFn as StepFn
@@ -112,4 +113,5 @@ __all__ = (
     "when",
     "with_accumulation",
     "with_grad_clip",
+    "with_skip_nonfinite",
 )

@@ -242,7 +242,8 @@ def fit(
         log_every_n_steps: the log interval (one host sync per interval).
         resume: a checkpoint file to load into ``state`` first, or a directory: its newest
             checkpoint that validates is loaded (corrupt ones are skipped with a warning), and
-            training starts fresh when it holds none. ``state`` is then the template.
+            training starts fresh when it holds none or does not exist yet (a path without a
+            file suffix is taken as a directory). ``state`` is then the template.
         stop_signals: signals (e.g. ``signal.SIGTERM`` for preemption) that stop training
             cleanly after the current batch: callbacks get `Interrupted` (`Checkpoint` saves),
             then `FitEnd`, and `fit` returns. Handlers are installed only for this call.
@@ -363,7 +364,9 @@ def _catch_signals(signals: Sequence[int], received: list[int]) -> Iterator[None
 
 def _resume(state: TrainState, resume: str | os.PathLike[str]) -> TrainState:
     path = Path(resume)
-    if path.is_dir():
+    if path.is_dir() or (not path.exists() and not path.suffix):  # a run directory, maybe new
+        if not path.exists():
+            return state
         found = latest_checkpoint(path)
         return state if found is None else load(state, found)
     return load(state, path)

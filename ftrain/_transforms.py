@@ -20,10 +20,10 @@ from typing import Any
 import attrs
 import torch
 
-from ._state import TrainState, check_live
+from ._state import TrainState, advance, check_live
 from ._step import apply_gradients, forward_backward, train_step
 
-__all__ = ["Step", "as_step", "with_accumulation", "with_grad_clip"]
+__all__ = ["Step", "as_step", "with_accumulation", "with_grad_clip", "with_skip_nonfinite"]
 
 Metrics = dict[str, torch.Tensor]
 ForwardBackward = Callable[..., tuple[TrainState, Metrics]]
@@ -172,3 +172,40 @@ def with_accumulation(step: Step | Callable[..., Any] = train_step, *, every: in
         msg = f"`every` must be a positive int (got {every!r})."
         raise ValueError(msg)
     return attrs.evolve(base, accumulate=base.accumulate * every)
+
+
+def with_skip_nonfinite(step: Step | Callable[..., Any] = train_step) -> Step:
+    """Skip the optimizer update of any step whose loss or gradients are not finite.
+
+    A skipped step leaves parameters and optimizer state untouched (the gradients are dropped),
+    does not advance ``state.step``, and is left out of the epoch's averages; ``metrics`` report
+    ``skipped`` (1.0 or 0.0). Deciding costs one host sync per optimizer step, which is why this
+    is an opt-in transform and not the default (by default `fit` raises `NonFiniteError` at the
+    next log interval).
+
+    Example:
+        >>> import math, torch, ftrain
+        >>> step = ftrain.with_skip_nonfinite()
+        >>> x, y = ftrain.testing.toy_batch()
+        >>> state, metrics = step(ftrain.testing.toy_state(), (x, torch.full_like(y, math.nan)))
+        >>> state.step, float(metrics["skipped"])
+        (0, 1.0)
+    """
+    base = as_step(step)
+    inner = base.apply_gradients
+
+    def guarded(state: TrainState, metrics: Metrics) -> tuple[TrainState, Metrics]:
+        grads = [p.grad for p in state.model.parameters() if p.grad is not None]
+        checks = [torch.isfinite(metrics["loss"]).reshape(1)]
+        checks += [torch.isfinite(g).all().reshape(1) for g in grads]
+        if bool(torch.cat(checks).all()):  # the documented sync
+            state, metrics = inner(state, metrics)
+            return state, {**metrics, "skipped": torch.zeros((), device=state.device)}
+        state.optimizer.zero_grad(set_to_none=True)
+        zeros = {k: torch.zeros_like(v) if isinstance(v, torch.Tensor) else 0.0 for k, v in metrics.items()}
+        skipped = torch.ones((), device=state.device)
+        return advance(state, "with_skip_nonfinite", micro_step=0), {
+            **zeros, "count": 0, "skipped": skipped
+        }
+
+    return attrs.evolve(base, apply_gradients=guarded)

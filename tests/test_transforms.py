@@ -107,3 +107,21 @@ def test_transform_errors():
         ftrain.with_accumulation(every=0)
     with pytest.raises(TypeError, match="must be a ftrain.Step"):
         ftrain.with_grad_clip(lambda s, b: (s, {}), max_norm=1.0)
+
+
+def test_skip_nonfinite_leaves_params_and_optimizer_untouched():
+    import math
+
+    state = ftrain.testing.toy_state()
+    step = ftrain.with_skip_nonfinite()
+    x, y = toy_batch()
+    state, m = step(state, (x, y))
+    params, opt = _params(state), [dict(v) for v in state.optimizer.state.values()]
+    state, m = step(state, (x, torch.full_like(y, math.nan)))
+    assert state.step == 1 and float(m["skipped"]) == 1.0 and m["count"] == 0
+    assert all(torch.equal(a, b) for a, b in zip(params, _params(state), strict=True))
+    assert [dict(v) for v in state.optimizer.state.values()] == opt
+    bad = [(x, y), (x, torch.full_like(y, math.nan)), (x, y)]
+    state, history = ftrain.fit(toy_state(), bad, step_fn=step, max_epochs=1, log_every_n_steps=1)
+    assert state.step == 2 and math.isfinite(history[0]["train_loss"])
+    assert history[0]["train_skipped"] == 0.0  # skipped batches are left out of the averages
