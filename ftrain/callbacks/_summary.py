@@ -101,7 +101,7 @@ class ModelSummary:
 
     def __init__(self, max_depth: int = 1, print_fn: Callable[[str], Any] | None = None):
         self.max_depth = max_depth
-        self.print_fn = print_fn or (lambda line: print(line, file=sys.stderr))
+        self.print_fn = print_fn
 
     def __call__(self, state: TrainState, event: Any) -> TrainState:
         if isinstance(event, FitStart) and state.rank == 0:
@@ -117,7 +117,10 @@ class ModelSummary:
         lines += [fmt.format(*r) for r in summary.rows()]
         lines += ["-" * (sum(widths) + 6), *summary.footer()]
         for line in lines:
-            self.print_fn(line)
+            if self.print_fn is None:
+                print(line, file=sys.stderr)
+            else:
+                self.print_fn(line)
 
 
 class RichModelSummary(ModelSummary):
