@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["batch_size", "move"]
+__all__ = ["batch_size", "cast_floating", "move"]
 
 _Tensor = torch.Tensor
 
@@ -94,3 +94,16 @@ def _first_dim(x: Any) -> int | None:
             if n is not None:
                 return n
     return None
+
+
+def cast_floating(batch: Any, dtype: torch.dtype) -> Any:
+    """Return ``batch`` with every floating-point tensor cast to ``dtype`` (``*-true`` precision)."""
+    if isinstance(batch, _Tensor):
+        return batch.to(dtype) if batch.is_floating_point() else batch
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(cast_floating(v, dtype) for v in batch))
+    if isinstance(batch, tuple | list):
+        return type(batch)(cast_floating(v, dtype) for v in batch)
+    if isinstance(batch, Mapping):
+        return {k: cast_floating(v, dtype) for k, v in batch.items()}
+    return batch

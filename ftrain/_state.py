@@ -107,6 +107,8 @@ class TrainState:
     """A `torch.amp.GradScaler` under ``16-mixed`` precision, else None."""
     autocast_dtype: torch.dtype | None = attrs.field(default=None, metadata=STATIC)
     """The dtype `forward_backward` autocasts to (mixed precision), or None."""
+    batch_dtype: torch.dtype | None = attrs.field(default=None, metadata=STATIC)
+    """The dtype floating-point batch tensors are cast to (``*-true`` precision), or None."""
     callback_state: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
     """Memory of callbacks (EarlyStopping's best value, ...), keyed by callback name."""
     epoch_totals: Mapping[str, tuple[float, float]] = attrs.field(factory=dict, converter=dict)

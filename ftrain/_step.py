@@ -8,13 +8,14 @@ state is consumed (see `TrainState`).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from ._batch import move
+from ._batch import cast_floating, move
 from ._rng import mix, seed_step
 from ._state import TrainState, advance, check_live
 
@@ -125,7 +126,9 @@ def train_step(state: TrainState, batch: Any) -> tuple[TrainState, Metrics]:
     """
     check_live(state, "train_step")
     metrics = _forward_backward(state, batch)
-    _apply(state)
+    skipped = _apply(state)
+    if skipped is not None:
+        metrics["skipped"] = skipped
     return advance(state, "train_step", step=state.step + 1, micro_step=0), metrics
 
 
@@ -152,6 +155,8 @@ def eval_step(state: TrainState, batch: Any) -> Metrics:
 def eval_metrics(state: TrainState, batch: Any) -> Metrics:
     """`eval_step` without the mode switch and checks (for loops that switch once per epoch)."""
     batch = move(batch, state.device, non_blocking=state.device.type == "cuda")
+    if state.batch_dtype is not None:
+        batch = cast_floating(batch, state.batch_dtype)
     seed_step(mix(state.seed, 0x5EED), state.step, 0, state.device.type == "cuda")
     with torch.no_grad(), _autocast(state):
         out = state.loss_fn(state.module, batch)
@@ -175,6 +180,8 @@ def _forward_backward(state: TrainState, batch: Any, loss_scale: float = 1.0) ->
     device = state.device
     cuda = device.type == "cuda"
     batch = move(batch, device, non_blocking=cuda)
+    if state.batch_dtype is not None:
+        batch = cast_floating(batch, state.batch_dtype)
     seed_step(state.seed, state.step, state.micro_step, cuda)
     if state.autocast_dtype is None:
         out = state.loss_fn(state.module, batch)
@@ -195,17 +202,28 @@ def _forward_backward(state: TrainState, batch: Any, loss_scale: float = 1.0) ->
     return _metrics(loss, metrics)
 
 
-def _apply(state: TrainState) -> None:
+def _apply(state: TrainState) -> torch.Tensor | None:
+    """The optimizer update; under a GradScaler, returns 1.0 when it skipped the step (device)."""
     optimizer = state.optimizer
     scaler = state.scaler
+    skipped = None
     if scaler is None:
         optimizer.step()
     else:
+        # GradScaler.step itself syncs once to decide; the scale shrinks exactly when it skipped.
+        before = scaler.get_scale() if scaler._scale is None else scaler._scale.clone()
         scaler.step(optimizer)
         scaler.update()
+        skipped = (scaler._scale < before).float()
     if state.scheduler is not None and state.scheduler_interval == "step":
-        state.scheduler.step()
+        if skipped is None:
+            state.scheduler.step()
+        else:  # the schedule follows step calls, skipped or not; torch warns when one skipped
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+                state.scheduler.step()
     optimizer.zero_grad(set_to_none=True)
+    return skipped
 
 
 def _autocast(state: TrainState) -> contextlib.AbstractContextManager[Any]:

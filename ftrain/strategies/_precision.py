@@ -7,7 +7,14 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["PRECISIONS", "apply_true_precision", "autocast_dtype", "check_precision", "make_scaler"]
+__all__ = [
+    "PRECISIONS",
+    "apply_true_precision",
+    "autocast_dtype",
+    "check_precision",
+    "make_scaler",
+    "true_dtype",
+]
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true")
 """``*-mixed``: float32 weights, autocast compute. ``*-true``: weights cast to the dtype."""
@@ -23,8 +30,12 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
 
 
+def true_dtype(precision: str) -> torch.dtype | None:
+    return {"bf16-true": torch.bfloat16, "16-true": torch.float16}.get(precision)
+
+
 def apply_true_precision(model: nn.Module, precision: str) -> None:
-    dtype = {"bf16-true": torch.bfloat16, "16-true": torch.float16}.get(precision)
+    dtype = true_dtype(precision)
     if dtype is not None:
         model.to(dtype)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import attrs
 import torch
 from torch import nn
@@ -14,6 +17,7 @@ from ._precision import (
     autocast_dtype,
     check_precision,
     make_scaler,
+    true_dtype,
 )
 
 __all__ = ["SingleDevice", "move_optimizer_state", "resolve_device"]
@@ -28,7 +32,12 @@ class SingleDevice:
             ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
         precision: ``"32-true"`` (default), ``"bf16-mixed"`` / ``"16-mixed"`` (float32 weights,
             autocast compute; ``16-mixed`` adds a GradScaler kept in the state), or
-            ``"bf16-true"`` / ``"16-true"`` (weights cast to the dtype).
+            ``"bf16-true"`` / ``"16-true"`` (weights and floating-point batches cast to the
+            dtype).
+        compile: compile the model with `torch.compile` after it is placed: True, or a dict of
+            `torch.compile` keyword arguments (``{"mode": "max-autotune"}``). The compiled module
+            is what the steps call (``state.wrapped``); ``state.model`` stays the original, so
+            checkpoint keys carry no ``_orig_mod.`` prefix.
 
     Example:
         >>> import ftrain
@@ -39,6 +48,8 @@ class SingleDevice:
 
     device: str | torch.device = "auto"
     precision: str = attrs.field(default="32-true", validator=check_precision)
+    compile: bool | Mapping[str, Any] = False
+    """Compile the model with `torch.compile` (True, or a dict of its keyword arguments)."""
 
     @property
     def world_size(self) -> int:
@@ -57,9 +68,11 @@ class SingleDevice:
         state.model.to(device)
         move_optimizer_state(state.optimizer, device)
         return state.replace(
+            wrapped=self.rewrap(state.model) if self.compile else None,
             strategy=attrs.evolve(self, device=device),
             device=device,
             autocast_dtype=autocast_dtype(self.precision),
+            batch_dtype=true_dtype(self.precision),
             scaler=make_scaler(self.precision, device),
         )
 
@@ -67,7 +80,11 @@ class SingleDevice:
         return tensor
 
     def rewrap(self, model: nn.Module) -> nn.Module:
-        return model
+        """The module the steps call for ``model``: the model itself, or its compiled form."""
+        if not self.compile:
+            return model
+        options = {} if self.compile is True else dict(self.compile)  # type: ignore[arg-type]
+        return torch.compile(model, **options)  # type: ignore[return-value]
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
