@@ -18,6 +18,7 @@ from ._callback import when as when
 from ._checkpoint import latest_checkpoint as latest_checkpoint
 from ._checkpoint import load as load
 from ._checkpoint import save as save
+from ._data import DevicePrefetcher as DevicePrefetcher
 from ._data import EpochSampler as EpochSampler
 from ._data import prepare_loader as prepare_loader
 from ._errors import CallbackSignatureError as CallbackSignatureError
@@ -66,6 +67,7 @@ __all__ = (
     "CallbackSignatureError",
     "Callback",
     "CheckpointError",
+    "DevicePrefetcher",
     "EpochEnd",
     "EpochSampler",
     "EpochStart",

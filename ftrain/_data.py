@@ -28,7 +28,7 @@ from torch.utils.data import (
 from ._rng import mix
 from ._state import TrainState
 
-__all__ = ["EpochSampler", "num_batches", "prepare_loader", "start_epoch"]
+__all__ = ["DevicePrefetcher", "EpochSampler", "num_batches", "prepare_loader", "start_epoch"]
 
 
 class EpochSampler(DistributedSampler[int]):
@@ -100,7 +100,9 @@ class EpochSampler(DistributedSampler[int]):
         return max(share - self.start, 0)
 
 
-def prepare_loader(state: TrainState, loader: Iterable[Any], *, train: bool = True) -> Any:
+def prepare_loader(
+    state: TrainState, loader: Iterable[Any], *, train: bool = True, prefetch: bool = False
+) -> Any:
     """Return ``loader`` rebuilt around an `EpochSampler` seeded from ``state``.
 
     A `DataLoader` over a map-style dataset with the default sampler (sequential, or random for
@@ -116,7 +118,16 @@ def prepare_loader(state: TrainState, loader: Iterable[Any], *, train: bool = Tr
         loader: a DataLoader or any iterable of batches.
         train: pad shards to equal length (training); ``False`` gives every sample to exactly
             one process (evaluation).
+        prefetch: wrap the result in a `DevicePrefetcher`, which copies the next batch to the
+            state's device while the current step runs (on CUDA: pinned memory, a side stream).
     """
+    prepared = _prepare(state, loader, train)
+    if prefetch and not isinstance(prepared, DevicePrefetcher):
+        return DevicePrefetcher(prepared, state.device)
+    return prepared
+
+
+def _prepare(state: TrainState, loader: Iterable[Any], train: bool) -> Any:
     if not isinstance(loader, DataLoader) or isinstance(loader.sampler, EpochSampler):
         return loader
     if isinstance(loader.dataset, IterableDataset):
@@ -143,16 +154,16 @@ def prepare_loader(state: TrainState, loader: Iterable[Any], *, train: bool = Tr
         drop_last=loader.drop_last and train,
         pad=train,
     )
-    return _rebuild(loader, new_sampler)
+    return _rebuild(loader, new_sampler, pin=state.device.type == "cuda")
 
 
-def _rebuild(loader: DataLoader[Any], sampler: EpochSampler) -> DataLoader[Any]:
+def _rebuild(loader: DataLoader[Any], sampler: EpochSampler, pin: bool) -> DataLoader[Any]:
     kwargs: dict[str, Any] = {
         "batch_size": loader.batch_size,
         "sampler": sampler,
         "num_workers": loader.num_workers,
         "collate_fn": loader.collate_fn,
-        "pin_memory": loader.pin_memory,
+        "pin_memory": loader.pin_memory or pin,  # page-locked host memory for async copies
         "drop_last": loader.drop_last,
         "timeout": loader.timeout,
         "worker_init_fn": loader.worker_init_fn,
@@ -215,3 +226,62 @@ def num_batches(loader: Any) -> int | None:
         return len(loader)
     except TypeError:
         return None
+
+
+class DevicePrefetcher:
+    """Iterate a loader with the next batch already on its way to ``device``.
+
+    On CUDA the copy of batch ``i + 1`` is issued on a side stream (from pinned memory, so it is
+    asynchronous) while step ``i`` runs; the step's stream waits for it only when it needs it. On
+    other devices it simply moves each batch one ahead. Everything else (``sampler``,
+    ``batch_size``, ``len``) is the wrapped loader's, so `train_epoch` seeds and resumes it as usual.
+    """
+
+    def __init__(self, loader: Any, device: torch.device):
+        self.loader = loader
+        self.device = device
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "loader":  # not yet set (unpickling): avoid recursion
+            raise AttributeError(name)
+        return getattr(self.loader, name)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        from ._batch import move
+
+        cuda = self.device.type == "cuda"
+        stream = torch.cuda.Stream(self.device) if cuda else None
+        it = iter(self.loader)
+
+        def fetch() -> Any:
+            batch = next(it, _END)
+            if batch is _END or stream is None:
+                return batch if batch is _END else move(batch, self.device)
+            with torch.cuda.stream(stream):
+                return move(batch, self.device, non_blocking=True)
+
+        ahead = fetch()
+        while ahead is not _END:
+            current, ahead = ahead, None
+            if stream is not None:
+                torch.cuda.current_stream(self.device).wait_stream(stream)
+                _record_stream(current, torch.cuda.current_stream(self.device))
+            ahead = fetch()
+            yield current
+
+
+_END = object()
+
+
+def _record_stream(batch: Any, stream: Any) -> None:
+    if isinstance(batch, torch.Tensor):
+        batch.record_stream(stream)
+    elif isinstance(batch, tuple | list):
+        for v in batch:
+            _record_stream(v, stream)
+    elif isinstance(batch, dict):
+        for v in batch.values():
+            _record_stream(v, stream)

@@ -58,3 +58,17 @@ def test_custom_samplers_are_kept_and_resume_skips_with_a_warning(tiny_state):
     with pytest.warns(UserWarning, match="skipping 2 batches"):
         state, _ = ftrain.train_epoch(tiny_state.replace(epoch_batch=2), batches)
     assert state.step == 2 and state.epoch == 1
+
+
+def test_prefetching_loader_trains_exactly_like_the_plain_one():
+    from conftest import make_classifier, make_loaders
+
+    train, _ = make_loaders()
+    plain, h1 = ftrain.fit(make_classifier(), train, max_epochs=2)
+    state = make_classifier()
+    prefetched = ftrain.prepare_loader(state, train, prefetch=True)
+    assert isinstance(prefetched, ftrain.DevicePrefetcher) and len(prefetched) == 6
+    fetched, h2 = ftrain.fit(state, prefetched, max_epochs=2)
+    for p, q in zip(plain.model.parameters(), fetched.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert [r["train_loss"] for r in h1] == [r["train_loss"] for r in h2]
