@@ -8,6 +8,12 @@ the median over turns is reported, with the ratio to the raw loop measured in th
     python benchmarks/overhead.py --workload cnn       # small CNN on 28x28 images
     python benchmarks/overhead.py --workload mlp-big   # compute-bound MLP
     python benchmarks/overhead.py --device cuda        # the same on a GPU
+    python benchmarks/overhead.py --subprocess --peers # each runner in a fresh process, with
+                                                       # Lightning/Accelerate/Ignite if installed
+
+With ``--subprocess`` every runner trains in a fresh process per round (rounds interleave the
+runners); each reports its median per-step time over its epochs, its start-up time (building
+the trainer or state up to the end of the first epoch, minus a steady epoch) and its peak RSS.
 """
 
 from __future__ import annotations
@@ -124,14 +130,109 @@ def fit_runner(workload: str, device: str, callbacks: Any = ()) -> Callable[[], 
     return epoch
 
 
+PEERS = ("lightning", "accelerate", "ignite")
+FTRAIN = ("raw loop", "train_step loop", "fit", "fit + ProgressBar + CSVLogger")
+
+
+def child(runner: str, workload: str, device: str, epochs: int) -> None:
+    """Run one runner for ``epochs`` timed epochs after a warm-up; print JSON to stdout."""
+    import json
+    import resource
+
+    torch.set_num_threads(1)
+    # Pay torch's lazy imports (the first optimizer imports torch._dynamo) outside the timing.
+    warm = nn.Linear(2, 2)
+    torch.optim.AdamW(warm.parameters()).step()
+    t_start = time.perf_counter()
+    if runner in PEERS:
+        import importlib
+
+        peers = importlib.import_module("peers")
+        torch.manual_seed(0)
+        model = build_model(workload).to(device)
+        times = getattr(peers, runner)(
+            model, lambda p: torch.optim.AdamW(p, lr=1e-3), make_loader(workload, device), epochs
+        )
+        steps = len(make_loader(workload, device))
+        per_step = [t / steps for t in times]
+        startup = time.perf_counter() - t_start - sum(times)
+    else:
+        out = tempfile.mkdtemp()
+        from ftrain.callbacks import CSVLogger, ProgressBar
+
+        cbs = [ProgressBar(file=open(os.devnull, "w")), CSVLogger(out)]  # noqa: SIM115
+        make = {
+            "raw loop": lambda: raw_runner(workload, device),
+            "train_step loop": lambda: step_runner(workload, device),
+            "fit": lambda: fit_runner(workload, device),
+            "fit + ProgressBar + CSVLogger": lambda: fit_runner(workload, device, cbs),
+        }[runner]
+        epoch = make()
+        t0 = time.perf_counter()
+        steps = epoch()
+        first = time.perf_counter() - t0
+        per_step = []
+        for _ in range(epochs):
+            sync(device)
+            t0 = time.perf_counter()
+            steps = epoch()
+            sync(device)
+            per_step.append((time.perf_counter() - t0) / steps)
+        startup = time.perf_counter() - t_start - sum(p * steps for p in per_step) - first
+        startup += first - statistics.median(per_step) * steps
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"per_step": statistics.median(per_step), "startup": startup, "rss_mb": rss}))
+
+
+def subprocess_rounds(args: argparse.Namespace) -> None:
+    import importlib.util
+    import json
+    import subprocess
+    import sys
+
+    runners = list(FTRAIN)
+    if args.peers:
+        runners += [p for p in PEERS if importlib.util.find_spec(p) is not None]
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+           "MALLOC_TRIM_THRESHOLD_": str(64 << 30), "PYTHONPATH": os.path.dirname(__file__)}
+    results: dict[str, list[dict[str, float]]] = {r: [] for r in runners}
+    for r in range(args.rounds):
+        for name in runners if r % 2 == 0 else list(reversed(runners)):
+            cmd = [sys.executable, __file__, "--child", name, "--workload", args.workload,
+                   "--device", args.device, "--epochs", str(args.epochs)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+            if proc.returncode != 0:
+                raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
+            results[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    raw = [x["per_step"] for x in results["raw loop"]]
+    print(f"workload={args.workload} device={args.device} rounds={args.rounds} "
+          f"epochs={args.epochs} torch={torch.__version__} python={platform.python_version()}")
+    print("| runner | median µs/step | × raw (same-round ratios, median) | start-up ms | peak RSS MB |")
+    print("|---|---:|---:|---:|---:|")
+    for name, xs in results.items():
+        ratios = [x["per_step"] / r for x, r in zip(xs, raw, strict=True)]
+        print(f"| {name} | {statistics.median(x['per_step'] for x in xs) * 1e6:,.0f} | "
+              f"{statistics.median(ratios):.3f} | "
+              f"{statistics.median(x['startup'] for x in xs) * 1e3:,.0f} | "
+              f"{statistics.median(x['rss_mb'] for x in xs):,.0f} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--subprocess", action="store_true", help="a fresh process per runner and round")
+    p.add_argument("--peers", action="store_true", help="also run Lightning, Accelerate, Ignite")
+    p.add_argument("--epochs", type=int, default=6, help="timed epochs per child (--subprocess)")
+    p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--workload", choices=sorted(WORKLOADS), default="tiny")
     p.add_argument("--device", default="cpu")
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
+    if args.child:
+        return child(args.child, args.workload, args.device, args.epochs)
+    if args.subprocess:
+        return subprocess_rounds(args)
     torch.set_num_threads(args.threads)
     out = tempfile.mkdtemp()
     devnull = open(os.devnull, "w")  # noqa: SIM115 - lives for the whole run
