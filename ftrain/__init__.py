@@ -56,6 +56,8 @@ from ._typing import LossFn as LossFn
 from ._typing import StepFn as StepFn
 from ._typing import Strategy as Strategy
 from ._plot import plot_history as plot_history
+from .strategies import DDP as DDP
+from .strategies import FSDP as FSDP
 from .strategies import SingleDevice as SingleDevice
 
 try:
@@ -67,11 +69,13 @@ __all__ = (
     "CallbackSignatureError",
     "Callback",
     "CheckpointError",
+    "DDP",
     "DevicePrefetcher",
     "EpochEnd",
     "EpochSampler",
     "EpochStart",
     "EvalEnd",
+    "FSDP",
     "FitEnd",
     "FitStart",
     "FtrainError",

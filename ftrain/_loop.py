@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from toolz import keymap
 
 from ._batch import batch_size
@@ -88,6 +89,8 @@ def train_epoch(
     batches, total = start_epoch(loader, state)
     if total is not None and max_batches is not None:
         total = min(total, max_batches)
+    if reduce_sum is not None and total is not None:
+        _agree_on_batches(state, total - state.epoch_batch, "train_epoch", equal=True)
     if cb is not None:
         state = cb(state, EpochStart(state.epoch, total, state.epoch_batch))
     totals = dict(state.epoch_totals) if state.epoch_batch else {}
@@ -192,14 +195,26 @@ def eval_epoch(
     _check_limit("max_batches", max_batches)
     loader = prepare_loader(state, loader, train=False)
     acc = MeanAccumulator(state.step)
+    reduce_sum = _reducer(state)
     with eval_mode(state.model):
-        batches, _ = start_epoch(loader, update(state, epoch_batch=0))
+        batches, total = start_epoch(loader, update(state, epoch_batch=0))
+        if total is not None and max_batches is not None:
+            total = min(total, max_batches)
+        most = None
+        if reduce_sum is not None and total is not None:
+            most = _agree_on_batches(state, total, "eval_epoch", equal=False)
+        batch = None
         for i, batch in enumerate(batches):
             if max_batches is not None and i >= max_batches:
                 break
             metrics = eval_metrics(state, batch)
             acc.add(metrics, metrics.get("count", batch_size(batch)))
-    sums = acc.sums(_reducer(state))
+        if most is not None and getattr(state.strategy, "lockstep_eval", False):
+            # Sharded models all-gather in every forward: ranks with fewer batches run the
+            # missing forwards on their last batch and drop the results.
+            for _ in range(most - len(acc)):
+                eval_metrics(state, batch)
+    sums = acc.sums(reduce_sum)
     if not sums:
         msg = "`loader` passed to `eval_epoch` yielded no batches."
         raise ValueError(msg)
@@ -394,6 +409,32 @@ def _split_loaders(loaders: Any) -> tuple[Iterable[Any], Iterable[Any] | None]:
             )
             raise TypeError(msg)
     return train, val
+
+
+def _agree_on_batches(state: TrainState, count: int, where: str, *, equal: bool) -> int:
+    """Check across processes that no rank's loader is empty (and, for training, that all have
+    the same number of batches, or the collectives would hang); return the largest count."""
+    strategy = state.strategy
+    assert strategy is not None
+    table = torch.tensor([count, -count], dtype=torch.float64, device=state.device)
+    # The largest and the smallest count in one collective: MAX over (count, -count).
+    dist.all_reduce(table, op=dist.ReduceOp.MAX)
+    most, least = int(table[0]), int(-table[1])
+    if least == 0:
+        msg = (
+            f"`loader` passed to `{where}` yields no batches on at least one process (batches "
+            f"per process range from {least} to {most}). Every process needs data: use a "
+            "DataLoader over a map-style dataset (ftrain splits it) or give each rank its share."
+        )
+        raise ValueError(msg)
+    if equal and least != most:
+        msg = (
+            f"`loader` passed to `{where}` yields {least} to {most} batches on different "
+            "processes; training needs the same count everywhere (collectives would hang). Use a "
+            "DataLoader over a map-style dataset so ftrain can split it evenly."
+        )
+        raise ValueError(msg)
+    return most
 
 
 def _reducer(state: TrainState) -> Callable[[torch.Tensor], torch.Tensor] | None:

@@ -2,7 +2,7 @@
 
 ftrain never reads torch's global generator to decide anything. At the start of every
 `forward_backward` it *reseeds* the default CPU generator (and the current CUDA device's generator
-when the model is on CUDA) from ``(seed, step, micro_step)``. That makes dropout and any other
+when the model is on CUDA) from ``(seed, step, micro_step, rank)``. That makes dropout and any other
 ``torch.rand*`` call inside `loss_fn` a function of the state, at a cost of about a microsecond
 per step. ftrain does not restore the previous generator state afterwards: code outside the step
 that needs its own random stream should use its own ``torch.Generator``.
@@ -25,9 +25,9 @@ def mix(*values: int) -> int:
     return h & 0x7FFFFFFFFFFFFFFF
 
 
-def seed_step(seed: int, step: int, micro_step: int, cuda: bool) -> None:
-    """Reseed torch's generators for one forward/backward pass."""
-    s = mix(seed, step, micro_step)
+def seed_step(seed: int, step: int, micro_step: int, cuda: bool, rank: int = 0) -> None:
+    """Reseed torch's generators for one forward/backward pass (``rank`` decorrelates processes)."""
+    s = mix(seed, step, micro_step, rank)
     torch.default_generator.manual_seed(s)
     if cuda:
         torch.cuda.manual_seed(s)

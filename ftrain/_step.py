@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ._batch import cast_floating, move
 from ._rng import mix, seed_step
@@ -158,8 +159,11 @@ def eval_metrics(state: TrainState, batch: Any) -> Metrics:
     if state.batch_dtype is not None:
         batch = cast_floating(batch, state.batch_dtype)
     seed_step(mix(state.seed, 0x5EED), state.step, 0, state.device.type == "cuda")
+    # Under DDP, evaluate through the unwrapped model: its forward would sync buffers across
+    # processes, which hangs when ranks evaluate different numbers of batches.
+    module = state.model if isinstance(state.wrapped, DistributedDataParallel) else state.module
     with torch.no_grad(), _autocast(state):
-        out = state.loss_fn(state.module, batch)
+        out = state.loss_fn(module, batch)
     loss, metrics = _split(out)
     return _metrics(loss, metrics)
 
@@ -182,7 +186,7 @@ def _forward_backward(state: TrainState, batch: Any, loss_scale: float = 1.0) ->
     batch = move(batch, device, non_blocking=cuda)
     if state.batch_dtype is not None:
         batch = cast_floating(batch, state.batch_dtype)
-    seed_step(state.seed, state.step, state.micro_step, cuda)
+    seed_step(state.seed, state.step, state.micro_step, cuda, state.rank)
     if state.autocast_dtype is None:
         out = state.loss_fn(state.module, batch)
     else:

@@ -1,6 +1,8 @@
 """Placement strategies for `ftrain.place`: where and how a state trains."""
 
+from ._ddp import DDP as DDP
+from ._fsdp import FSDP as FSDP
 from ._single import SingleDevice as SingleDevice
 from ._single import resolve_device as resolve_device
 
-__all__ = ("SingleDevice", "resolve_device")
+__all__ = ("DDP", "FSDP", "SingleDevice", "resolve_device")

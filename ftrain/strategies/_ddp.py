@@ -1,0 +1,75 @@
+"""`DDP`: data parallel training with `DistributedDataParallel`, launched by torchrun."""
+
+from __future__ import annotations
+
+import attrs
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .._state import TrainState
+from ._dist import all_reduce_sum, init_from_env
+from ._precision import apply_true_precision, autocast_dtype, check_precision, make_scaler, true_dtype
+from ._single import move_optimizer_state
+
+__all__ = ["DDP"]
+
+
+@attrs.frozen
+class DDP:
+    """Replicate the model on every process and average gradients (`DistributedDataParallel`).
+
+    `place` starts the process group from torchrun's environment when none is running (nccl on
+    CUDA, gloo on CPU), puts each process on ``cuda:LOCAL_RANK`` (or the CPU) and wraps the model.
+    Parameters keep their identity, so the optimizer stays valid; ``state.model`` stays the
+    unwrapped module (checkpoint keys carry no ``module.`` prefix). Every loader gets an
+    `EpochSampler` (a `DistributedSampler`) from `fit`; metrics are averaged across processes at
+    each log interval; only rank 0 prints and writes.
+
+    Args:
+        precision: as for `SingleDevice`.
+        find_unused_parameters, broadcast_buffers, gradient_as_bucket_view, static_graph: passed
+            to `DistributedDataParallel`.
+        backend: the process-group backend (default: nccl on CUDA, gloo otherwise).
+        timeout_s: the process-group timeout: a collective stuck longer than this fails the job.
+    """
+
+    precision: str = attrs.field(default="32-true", validator=check_precision)
+    find_unused_parameters: bool = False
+    broadcast_buffers: bool = True
+    gradient_as_bucket_view: bool = True
+    static_graph: bool = False
+    backend: str | None = None
+    timeout_s: float = 600.0
+    rank: int = attrs.field(default=0, kw_only=True)
+    world_size: int = attrs.field(default=1, kw_only=True)
+
+    def setup(self, state: TrainState) -> TrainState:
+        rank, world, device = init_from_env(self.backend, self.timeout_s)
+        apply_true_precision(state.model, self.precision)
+        state.model.to(device)
+        move_optimizer_state(state.optimizer, device)
+        placed = attrs.evolve(self, rank=rank, world_size=world)
+        return state.replace(
+            strategy=placed,
+            device=device,
+            wrapped=placed.rewrap(state.model),
+            autocast_dtype=autocast_dtype(self.precision),
+            batch_dtype=true_dtype(self.precision),
+            scaler=make_scaler(self.precision, device),
+        )
+
+    def rewrap(self, model: nn.Module) -> nn.Module:
+        """Wrap ``model`` in `DistributedDataParallel` (it broadcasts rank 0's weights)."""
+        device = next(model.parameters()).device
+        return DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=self.find_unused_parameters,
+            broadcast_buffers=self.broadcast_buffers,
+            gradient_as_bucket_view=self.gradient_as_bucket_view,
+            static_graph=self.static_graph,
+        )
+
+    def reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return all_reduce_sum(tensor)

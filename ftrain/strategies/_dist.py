@@ -1,0 +1,72 @@
+"""Process-group plumbing shared by `DDP` and `FSDP`: start from torchrun's environment."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.optim import Optimizer
+
+from .._errors import PlacementError
+
+__all__ = ["all_reduce_sum", "broadcast_module", "init_from_env", "rebind_scheduler"]
+
+
+def init_from_env(backend: str | None, timeout_s: float) -> tuple[int, int, torch.device]:
+    """Join (or start) the default process group; return ``(rank, world_size, device)``.
+
+    The group is started from torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+    ``MASTER_ADDR``, ``MASTER_PORT``) with nccl on CUDA and gloo otherwise, unless one is running.
+    """
+    cuda = torch.cuda.is_available()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+        if missing:
+            msg = (
+                f"Distributed placement needs the environment torchrun sets ({', '.join(missing)} "
+                "missing). Launch with: torchrun --nproc_per_node=N your_script.py "
+                "(or start a process group yourself before `place`)."
+            )
+            raise PlacementError(msg)
+        if cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(
+            backend=backend or ("nccl" if cuda else "gloo"), timeout=timedelta(seconds=timeout_s)
+        )
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all processes (in place) and return it."""
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_module(model: nn.Module) -> None:
+    """Copy rank 0's parameters and buffers to every rank, so all start from the same weights."""
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if isinstance(tensor, torch.Tensor):
+                dist.broadcast(tensor, src=0)
+
+
+def rebind_scheduler(scheduler: Any, optimizer: Optimizer) -> None:
+    """Point an LR scheduler at a rebuilt optimizer (same param-group structure)."""
+    if scheduler is None:
+        return
+    scheduler.optimizer = optimizer
+    step = optimizer.step
+    if not hasattr(step, "_wrapped_by_lr_sched"):
+        # The scheduler checks that optimizer.step ran before it; keep that bookkeeping working.
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            optimizer._opt_called = True  # type: ignore[attr-defined]
+            return step(*args, **kwargs)
+
+        wrapper._wrapped_by_lr_sched = True  # type: ignore[attr-defined]
+        optimizer.step = wrapper  # type: ignore[method-assign]

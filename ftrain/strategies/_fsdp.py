@@ -1,0 +1,103 @@
+"""`FSDP`: sharded data parallel training with FSDP2 (`torch.distributed.fsdp.fully_shard`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+import torch
+from torch import nn
+
+from .._errors import PlacementError
+from .._state import TrainState
+from ._dist import all_reduce_sum, broadcast_module, init_from_env, rebind_scheduler
+from ._precision import apply_true_precision, check_precision, true_dtype
+
+__all__ = ["FSDP"]
+
+_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+@attrs.frozen
+class FSDP:
+    """Shard parameters, gradients and optimizer state across processes with FSDP2.
+
+    `place` starts the process group like `DDP`, copies rank 0's weights to every rank, applies
+    `fully_shard` to each submodule whose class is in ``shard`` (default: every direct child that
+    has parameters) and then to the root, and rebuilds the optimizer over the sharded parameters
+    with the same class, parameter groups and hyperparameters. The LR scheduler is re-pointed at
+    the new optimizer. Mixed precision is FSDP's policy: ``bf16-mixed`` computes in bfloat16 and
+    reduces gradients in float32.
+
+    Args:
+        shard: module classes to shard individually (e.g. your transformer block); None shards
+            every direct child that has parameters.
+        reshard_after_forward: free gathered parameters after forward (saves memory, costs an
+            all-gather in backward).
+        precision: ``"32-true"``, ``"bf16-mixed"``, ``"16-mixed"`` or ``"bf16-true"``.
+        cpu_offload: keep sharded parameters and optimizer state in CPU memory.
+        backend, timeout_s: as for `DDP`.
+    """
+
+    shard: Sequence[type[nn.Module]] | None = None
+    reshard_after_forward: bool = True
+    precision: str = attrs.field(default="32-true", validator=check_precision)
+    cpu_offload: bool = False
+    backend: str | None = None
+    timeout_s: float = 600.0
+    rank: int = attrs.field(default=0, kw_only=True)
+    world_size: int = attrs.field(default=1, kw_only=True)
+    lockstep_eval: bool = attrs.field(default=True, init=False)
+    """Evaluation runs the same number of forward passes on every rank (all-gathers need it)."""
+
+    def setup(self, state: TrainState) -> TrainState:
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+        if state.optimizer.state:
+            msg = (
+                "`place(state, FSDP())` needs a fresh optimizer: this one already has state. "
+                "Place first, then `load` a checkpoint into the placed state."
+            )
+            raise PlacementError(msg)
+        rank, world, device = init_from_env(self.backend, self.timeout_s)
+        model = state.model
+        apply_true_precision(model, self.precision)
+        model.to(device)
+        broadcast_module(model)
+        names = {id(p): n for n, p in model.named_parameters()}
+        groups = [
+            ([names[id(p)] for p in g["params"]], {k: v for k, v in g.items() if k != "params"})
+            for g in state.optimizer.param_groups
+        ]
+        options = {
+            "reshard_after_forward": self.reshard_after_forward,
+            "mp_policy": MixedPrecisionPolicy(
+                param_dtype=_DTYPES.get(self.precision), reduce_dtype=torch.float32
+            ),
+        }
+        if self.cpu_offload:
+            options["offload_policy"] = CPUOffloadPolicy()
+        for child in self._targets(model):
+            fully_shard(child, **options)
+        fully_shard(model, **options)
+        params = dict(model.named_parameters())
+        optimizer = type(state.optimizer)(
+            [{"params": [params[n] for n in group_names], **hp} for group_names, hp in groups]
+        )
+        rebind_scheduler(state.scheduler, optimizer)
+        return state.replace(
+            strategy=attrs.evolve(self, rank=rank, world_size=world),
+            device=device,
+            optimizer=optimizer,
+            wrapped=None,
+            batch_dtype=true_dtype(self.precision),
+        )
+
+    def _targets(self, model: nn.Module) -> list[nn.Module]:
+        if self.shard is None:
+            return [m for m in model.children() if any(True for _ in m.parameters())]
+        kinds = tuple(self.shard)
+        return [m for m in model.modules() if isinstance(m, kinds) and m is not model]
+
+    def reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return all_reduce_sum(tensor)

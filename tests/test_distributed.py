@@ -1,0 +1,80 @@
+"""DDP and FSDP under torchrun (2 processes, gloo on CPU) train like one process."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import ftrain
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+import dist_worker  # noqa: E402
+
+TIMING = ("epoch_time", "samples_per_sec")
+
+
+def torchrun(mode, out, nproc=2, timeout=180):
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", str(HERE / "dist_worker.py"), mode, str(out)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def single_process_reference():
+    train, val = dist_worker.make_loaders(16)
+    logs = []
+    record = ftrain.on(ftrain.IntervalEnd, lambda s, e: (logs.append(e.metrics), s)[1])
+    state, history = ftrain.fit(dist_worker.make_state(), (train, val), [record], max_epochs=3,
+                                log_every_n_steps=3)
+    return state, history, logs
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, mode):
+    proc = torchrun(mode, tmp_path / mode)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / f"{mode}.json").read_text())
+    params = torch.load(tmp_path / f"{mode}.pt", weights_only=True)
+    state, history, logs = single_process_reference()
+    assert result["world"] == 2 and result["step"] == state.step == 18
+    for k, v in state.model.state_dict().items():
+        torch.testing.assert_close(params[k], v, rtol=0, atol=1e-5)
+    assert len(result["history"]) == len(history) == 3
+    for got, want in zip(result["history"], history, strict=True):
+        for k in set(want) - set(TIMING):
+            assert got[k] == pytest.approx(want[k], rel=1e-5, abs=1e-6), k
+    assert len(result["logs"]) == len(logs) == 6
+    for got, want in zip(result["logs"], logs, strict=True):
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.timeout(300)
+def test_a_rank_that_raises_fails_the_job_with_its_error(tmp_path):
+    proc = torchrun("raise", tmp_path / "x", timeout=150)
+    assert proc.returncode != 0
+    assert "rank 1 failed on purpose" in proc.stderr + proc.stdout
+
+
+@pytest.mark.timeout(300)
+def test_a_loader_empty_on_one_rank_is_an_error_on_every_rank(tmp_path):
+    proc = torchrun("empty", tmp_path / "x", timeout=150)
+    assert proc.returncode != 0
+    text = proc.stderr + proc.stdout
+    assert text.count("yields no batches on at least one process") >= 2
+
+
+def test_distributed_placement_without_torchrun_says_how_to_launch(monkeypatch):
+    for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    state = ftrain.testing.toy_state()
+    with pytest.raises(ftrain.PlacementError, match="torchrun --nproc_per_node=N"):
+        ftrain.place(state, ftrain.DDP())
+    assert state.is_live
