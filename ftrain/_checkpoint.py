@@ -30,6 +30,13 @@ from typing import Any
 
 import attrs
 import torch
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 from ._errors import CheckpointError, NonFiniteError
 from ._state import TrainState, advance, check_live
@@ -49,6 +56,7 @@ MAGIC = b"FTRAINCK"
 FORMAT_VERSION = 1
 _HEADER = struct.Struct("<8sIQ32s")
 _RECORD = "__ftrain_record__"
+_GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)
 # Records a checkpoint may rebuild by name: ftrain's own callback memories. Anything else comes
 # back as a plain dict, so loading never imports a module a file names.
 _KNOWN_RECORDS = {
@@ -83,19 +91,18 @@ def save(state: TrainState, path: str | os.PathLike[str]) -> Path:
     """
     check_live(state, "save")
     target = Path(path)
-    named = list(state.model.named_parameters())
-    finite = torch.stack([torch.isfinite(p).all() for _, p in named]) if named else None
-    if finite is not None and not bool(finite.all()):  # one sync for the whole model
-        bad = [n for (n, _), ok in zip(named, finite.tolist(), strict=True) if not ok]
+    bad = _nonfinite_parameters(state)
+    if bad:
         msg = (
             f"Refusing to save a checkpoint at step {state.step}: parameters are not finite "
             f"({', '.join(bad[:5])}). The last good checkpoint is left as it was."
         )
         raise NonFiniteError(msg)
+    payload_data = _payload(state)  # a collective under FSDP: every rank takes part
     if state.rank != 0:
         return target
     buffer = io.BytesIO()
-    torch.save(_payload(state), buffer)
+    torch.save(payload_data, buffer)
     payload = buffer.getvalue()
     header = _HEADER.pack(MAGIC, FORMAT_VERSION, len(payload), hashlib.sha256(payload).digest())
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -129,10 +136,20 @@ def load(state: TrainState, path: str | os.PathLike[str]) -> TrainState:
             a newer format version, or does not match the template.
     """
     check_live(state, "load")
-    data = read_checkpoint(path, map_location=state.device)
+    data = read_checkpoint(path)
     _check_matches(state, data, Path(path))
-    state.model.load_state_dict(data["model"])
-    state.optimizer.load_state_dict(data["optimizer"])
+    # Full (unsharded) state dicts keyed by parameter names: the same file loads into one
+    # process, DDP, or FSDP with any number of processes (each rank takes its shard).
+    full = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(state.model, data["model"], options=full)
+    saved_optim = data["optimizer"]
+    if saved_optim["state"]:
+        set_optimizer_state_dict(
+            state.model, state.optimizer, optim_state_dict=saved_optim, options=full
+        )
+    else:  # a stateless optimizer (plain SGD) or one that never stepped: hyperparameters only
+        for group, saved in zip(state.optimizer.param_groups, saved_optim["param_groups"], strict=True):
+            group.update({k: v for k, v in saved.items() if k != "params"})
     for name in ("scheduler", "scaler"):
         obj, saved = getattr(state, name), data[name]
         if (obj is None) != (saved is None):
@@ -236,12 +253,29 @@ def _payload(state: TrainState) -> dict[str, Any]:
             "epoch_totals": {k: [s, n] for k, (s, n) in state.epoch_totals.items()},
             "torch_version": str(torch.__version__),
         },
-        "model": state.model.state_dict(),
-        "optimizer": state.optimizer.state_dict(),
+        "model": get_model_state_dict(state.model, options=_GATHER),
+        "optimizer": get_optimizer_state_dict(state.model, state.optimizer, options=_GATHER),
         "scheduler": None if state.scheduler is None else state.scheduler.state_dict(),
         "scaler": None if state.scaler is None else state.scaler.state_dict(),
         "callback_state": _encode(dict(state.callback_state)),
     }
+
+
+def _nonfinite_parameters(state: TrainState) -> list[str]:
+    named = list(state.model.named_parameters())
+    if not named:
+        return []
+    local = [p.to_local() if hasattr(p, "to_local") else p for _, p in named]  # FSDP shards
+    finite = torch.stack([torch.isfinite(p).all() for p in local])
+    if state.world_size > 1:  # every rank must agree, or the others would wait in a collective
+        import torch.distributed as dist
+
+        flags = finite.to(torch.int32)
+        dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+        finite = flags.bool()
+    if bool(finite.all()):  # one sync for the whole model
+        return []
+    return [n for (n, _), ok in zip(named, finite.tolist(), strict=True) if not ok]
 
 
 def _encode(value: Any) -> Any:

@@ -90,7 +90,7 @@ def train_epoch(
     if total is not None and max_batches is not None:
         total = min(total, max_batches)
     if reduce_sum is not None and total is not None:
-        _agree_on_batches(state, total - state.epoch_batch, "train_epoch", equal=True)
+        _agree_on_batches(state, total, "train_epoch", equal=True)
     if cb is not None:
         state = cb(state, EpochStart(state.epoch, total, state.epoch_batch))
     totals = dict(state.epoch_totals) if state.epoch_batch else {}

@@ -40,7 +40,7 @@ def full_state_dict(state):
 def main():
     mode, out = sys.argv[1], sys.argv[2]
     torch.set_num_threads(1)
-    strategy = {"ddp": ftrain.DDP(), "fsdp": ftrain.FSDP()}.get(mode, ftrain.DDP())
+    strategy = ftrain.FSDP() if "fsdp" in mode else ftrain.DDP()
     state = ftrain.place(make_state(), strategy)
     world, rank = state.world_size, state.rank
     train, val = make_loaders(16 // world)
@@ -53,11 +53,33 @@ def main():
         batches = [] if rank == 1 else [next(iter(train))]
         ftrain.fit(state, batches, max_epochs=1)
         return
+    if mode.startswith("save9"):
+        state, _ = ftrain.fit(state, (train, val), max_steps=9, log_every_n_steps=3)
+        ftrain.save(state, out + ".ckpt")
+        return
+    if mode.startswith("resume"):
+        state = ftrain.load(state, out + ".ckpt")
+    callbacks = []
+    if mode == "elastic":
+        import os
+        import signal
+
+        marker = out + ".died"
+
+        def die_once(s, e):
+            if rank == 1 and e.step == 7 and not os.path.exists(marker):
+                open(marker, "w").close()
+                os.kill(os.getpid(), signal.SIGKILL)
+            return s
+
+        callbacks = [ftrain.on(ftrain.StepEnd, die_once),
+                     ftrain.callbacks.Checkpoint(out + "-ckpt", every_n_steps=3, every_n_epochs=None)]
     logs = []
     record = ftrain.on(ftrain.IntervalEnd, lambda s, e: (logs.append(e.metrics), s)[1])
     stop = ftrain.callbacks.EarlyStopping(monitor="val_loss", patience=1, min_delta=10.0)
-    state, history = ftrain.fit(state, (train, val), [record, stop] if mode == "stop" else [record],
-                                max_epochs=3, log_every_n_steps=3)
+    state, history = ftrain.fit(state, (train, val), [record, *callbacks], max_epochs=3,
+                                log_every_n_steps=3,
+                                resume=out + "-ckpt" if mode == "elastic" else None)
     params = full_state_dict(state)
     if rank == 0:
         torch.save(params, out + ".pt")

@@ -19,11 +19,11 @@ import dist_worker  # noqa: E402
 TIMING = ("epoch_time", "samples_per_sec")
 
 
-def torchrun(mode, out, nproc=2, timeout=180):
+def torchrun(mode, out, nproc=2, timeout=180, extra=()):
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", str(HERE / "dist_worker.py"), mode, str(out)]
+           f"--nproc_per_node={nproc}", *extra, str(HERE / "dist_worker.py"), mode, str(out)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -78,3 +78,48 @@ def test_distributed_placement_without_torchrun_says_how_to_launch(monkeypatch):
     with pytest.raises(ftrain.PlacementError, match="torchrun --nproc_per_node=N"):
         ftrain.place(state, ftrain.DDP())
     assert state.is_live
+
+
+def _params(path):
+    return torch.load(path, weights_only=True)
+
+
+@pytest.mark.timeout(400)
+def test_fsdp_checkpoint_loads_into_one_process_and_back(tmp_path):
+    ref9, _ = ftrain.fit(dist_worker.make_state(), dist_worker.make_loaders(16), max_steps=9,
+                         log_every_n_steps=3)
+    ref18, _, _ = single_process_reference()
+    # FSDP (2 processes) -> one process
+    proc = torchrun("save9-fsdp", tmp_path / "a")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = ftrain.load(dist_worker.make_state(), tmp_path / "a.ckpt")
+    assert one.step == 9 and one.epoch_batch == 3
+    for k, v in ref9.model.state_dict().items():
+        torch.testing.assert_close(one.model.state_dict()[k], v, rtol=0, atol=1e-5)
+    # one process -> FSDP (2 processes), continuing the run
+    ftrain.save(ref9, tmp_path / "b.ckpt")
+    proc = torchrun("resume-fsdp", tmp_path / "b")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    params = _params(tmp_path / "b.pt")
+    for k, v in ref18.model.state_dict().items():
+        torch.testing.assert_close(params[k], v, rtol=0, atol=1e-5)
+
+
+@pytest.mark.timeout(400)
+def test_ddp_resume_and_elastic_restart_continue_exactly(tmp_path):
+    proc = torchrun("ddp", tmp_path / "straight")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    straight = _params(tmp_path / "straight.pt")
+    proc = torchrun("save9-ddp", tmp_path / "r")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = torchrun("resume-ddp", tmp_path / "r")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = _params(tmp_path / "r.pt")
+    # A worker SIGKILLed at step 7: torchrun restarts the group, which resumes from step 6.
+    proc = torchrun("elastic", tmp_path / "e", extra=("--max-restarts=2",))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "e.died").exists()
+    elastic = _params(tmp_path / "e.pt")
+    for k, v in straight.items():
+        assert torch.equal(resumed[k], v), k
+        assert torch.equal(elastic[k], v), k
