@@ -56,3 +56,22 @@ def test_mnist_example_says_what_to_do_when_mnist_cannot_be_downloaded(tmp_path)
     )
     assert proc.returncode != 0
     assert "--dataset digits" in proc.stderr
+
+
+@pytest.mark.timeout(300)
+def test_distributed_example_gives_the_same_result_on_one_and_two_processes(tmp_path):
+    import os
+
+    single = _run("distributed.py", "--epochs", "2", "--no-progress")
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(ROOT / "examples" / "distributed.py"), "--strategy", "ddp", "--epochs", "2",
+         "--no-progress", "--checkpoints", str(tmp_path)],
+        capture_output=True, text=True, timeout=240, cwd=ROOT, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    acc = lambda text: re.search(r"val_acc (\d\.\d+)", text).group(1)  # noqa: E731
+    assert "ddp on 2 process(es): 128 steps" in proc.stdout and acc(proc.stdout) == acc(single)
+    assert proc.stdout.count("val_acc") == 1  # only rank 0 prints
+    assert list(tmp_path.glob("step-*.ckpt"))
