@@ -59,8 +59,13 @@ def make_loader(workload: str, device: str) -> DataLoader:
     shape, _, batch, n = WORKLOADS[workload]
     g = torch.Generator().manual_seed(0)
     ds = TensorDataset(torch.randn(n, *shape, generator=g), torch.randint(0, 10, (n,), generator=g))
-    return DataLoader(ds, batch_size=batch, shuffle=True, pin_memory=device == "cuda",
-                      generator=torch.Generator().manual_seed(1))
+    return DataLoader(
+        ds,
+        batch_size=batch,
+        shuffle=True,
+        pin_memory=device == "cuda",
+        generator=torch.Generator().manual_seed(1),
+    )
 
 
 def sync(device: str) -> None:
@@ -193,28 +198,49 @@ def subprocess_rounds(args: argparse.Namespace) -> None:
     runners = list(FTRAIN)
     if args.peers:
         runners += [p for p in PEERS if importlib.util.find_spec(p) is not None]
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
-           "MALLOC_TRIM_THRESHOLD_": str(64 << 30), "PYTHONPATH": os.path.dirname(__file__)}
+    env = {
+        **os.environ,
+        "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+        "MALLOC_TRIM_THRESHOLD_": str(64 << 30),
+        "PYTHONPATH": os.path.dirname(__file__),
+    }
     results: dict[str, list[dict[str, float]]] = {r: [] for r in runners}
     for r in range(args.rounds):
         for name in runners if r % 2 == 0 else list(reversed(runners)):
-            cmd = [sys.executable, __file__, "--child", name, "--workload", args.workload,
-                   "--device", args.device, "--epochs", str(args.epochs)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                name,
+                "--workload",
+                args.workload,
+                "--device",
+                args.device,
+                "--epochs",
+                str(args.epochs),
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
             if proc.returncode != 0:
                 raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
             results[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
     raw = [x["per_step"] for x in results["raw loop"]]
-    print(f"workload={args.workload} device={args.device} rounds={args.rounds} "
-          f"epochs={args.epochs} torch={torch.__version__} python={platform.python_version()}")
-    print("| runner | median µs/step | × raw (same-round ratios, median) | start-up ms | peak RSS MB |")
+    print(
+        f"workload={args.workload} device={args.device} rounds={args.rounds} "
+        f"epochs={args.epochs} torch={torch.__version__} python={platform.python_version()}"
+    )
+    print(
+        "| runner | median µs/step | × raw (same-round ratios, median) "
+        "| start-up ms | peak RSS MB |"
+    )
     print("|---|---:|---:|---:|---:|")
     for name, xs in results.items():
         ratios = [x["per_step"] / r for x, r in zip(xs, raw, strict=True)]
-        print(f"| {name} | {statistics.median(x['per_step'] for x in xs) * 1e6:,.0f} | "
-              f"{statistics.median(ratios):.3f} | "
-              f"{statistics.median(x['startup'] for x in xs) * 1e3:,.0f} | "
-              f"{statistics.median(x['rss_mb'] for x in xs):,.0f} |")
+        print(
+            f"| {name} | {statistics.median(x['per_step'] for x in xs) * 1e6:,.0f} | "
+            f"{statistics.median(ratios):.3f} | "
+            f"{statistics.median(x['startup'] for x in xs) * 1e3:,.0f} | "
+            f"{statistics.median(x['rss_mb'] for x in xs):,.0f} |"
+        )
 
 
 def main() -> None:
@@ -257,8 +283,10 @@ def main() -> None:
             if r >= args.warmup:
                 times[name].append((time.perf_counter() - t0) / steps)
     raw = statistics.median(times["raw loop"])
-    print(f"workload={args.workload} device={args.device} threads={args.threads} "
-          f"rounds={args.rounds} torch={torch.__version__} python={platform.python_version()}")
+    print(
+        f"workload={args.workload} device={args.device} threads={args.threads} "
+        f"rounds={args.rounds} torch={torch.__version__} python={platform.python_version()}"
+    )
     print("| runner | median µs/step | × raw |\n|---|---:|---:|")
     for name, ts in times.items():
         med = statistics.median(ts)

@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 
-def lightning(model: nn.Module, make_opt: Callable[..., Any], loader: Any, epochs: int) -> list[float]:
+def lightning(
+    model: nn.Module, make_opt: Callable[..., Any], loader: Any, epochs: int
+) -> list[float]:
     import lightning as L
 
     times: list[float] = []
@@ -46,7 +48,9 @@ def lightning(model: nn.Module, make_opt: Callable[..., Any], loader: Any, epoch
     return times[1:]
 
 
-def accelerate(model: nn.Module, make_opt: Callable[..., Any], loader: Any, epochs: int) -> list[float]:
+def accelerate(
+    model: nn.Module, make_opt: Callable[..., Any], loader: Any, epochs: int
+) -> list[float]:
     from accelerate import Accelerator
 
     acc = Accelerator(cpu=True)
@@ -74,7 +78,11 @@ def ignite(model: nn.Module, make_opt: Callable[..., Any], loader: Any, epochs: 
     trainer = create_supervised_trainer(model, make_opt(model.parameters()), nn.CrossEntropyLoss())
     times: list[float] = []
     marks: dict[str, float] = {}
-    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: marks.__setitem__("t", time.perf_counter()))
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: times.append(time.perf_counter() - marks["t"]))
+    trainer.add_event_handler(
+        Events.EPOCH_STARTED, lambda e: marks.__setitem__("t", time.perf_counter())
+    )
+    trainer.add_event_handler(
+        Events.EPOCH_COMPLETED, lambda e: times.append(time.perf_counter() - marks["t"])
+    )
     trainer.run(loader, max_epochs=epochs + 1)
     return times[1:]

@@ -45,8 +45,9 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.manual_seed(0)  # the same initial weights everywhere (DDP/FSDP also sync them)
     state = ftrain.TrainState.create(
-        model=nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
-                            nn.Linear(128, 10)),  # fmt: skip
+        model=nn.Sequential(
+            nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10)
+        ),
         optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3),
         loss_fn=ftrain.supervised(nn.CrossEntropyLoss()),
         seed=0,
@@ -69,8 +70,10 @@ def main(argv: list[str] | None = None) -> None:
     state, history = ftrain.fit(state, (train, val), callbacks, max_epochs=args.epochs,
                                 resume=args.checkpoints)  # fmt: skip
     if state.rank == 0 and history:
-        print(f"{args.strategy} on {state.world_size} process(es): {state.step} steps, "
-              f"val_acc {history[-1]['val_acc']:.4f}")
+        print(
+            f"{args.strategy} on {state.world_size} process(es): {state.step} steps, "
+            f"val_acc {history[-1]['val_acc']:.4f}"
+        )
 
 
 if __name__ == "__main__":

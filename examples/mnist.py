@@ -117,12 +117,19 @@ def main(argv: list[str] | None = None) -> float:
     if not args.no_progress:
         callbacks.append(ProgressBar())
     # Optional features of a step are transforms of the step, not flags on fit.
-    step = ftrain.with_accumulation(ftrain.with_grad_clip(max_norm=args.clip), every=args.accumulate)
+    step = ftrain.with_accumulation(
+        ftrain.with_grad_clip(max_norm=args.clip), every=args.accumulate
+    )
 
     start = time.perf_counter()
     state, history = ftrain.fit(
-        state, loaders, callbacks, step_fn=step, max_epochs=args.epochs,
-        limit_train_batches=args.limit_batches, log_every_n_steps=10,
+        state,
+        loaders,
+        callbacks,
+        step_fn=step,
+        max_epochs=args.epochs,
+        limit_train_batches=args.limit_batches,
+        log_every_n_steps=10,
     )
     ftrain.plot_history(history, f"{args.out}/curves.png")
     best = max(row.get("val_acc", 0.0) for row in history)

@@ -32,14 +32,15 @@ from ._events import EpochStart as EpochStart
 from ._events import EvalEnd as EvalEnd
 from ._events import FitEnd as FitEnd
 from ._events import FitStart as FitStart
-from ._events import IntervalEnd as IntervalEnd
 from ._events import Interrupted as Interrupted
+from ._events import IntervalEnd as IntervalEnd
 from ._events import StepEnd as StepEnd
 from ._loop import eval_epoch as eval_epoch
 from ._loop import fit as fit
 from ._loop import train_epoch as train_epoch
 from ._loss import supervised as supervised
 from ._place import place as place
+from ._plot import plot_history as plot_history
 from ._state import TrainState as TrainState
 from ._state import fork as fork
 from ._step import apply_gradients as apply_gradients
@@ -55,7 +56,6 @@ from ._typing import Callback as Callback
 from ._typing import LossFn as LossFn
 from ._typing import StepFn as StepFn
 from ._typing import Strategy as Strategy
-from ._plot import plot_history as plot_history
 from .strategies import DDP as DDP
 from .strategies import FSDP as FSDP
 from .strategies import SingleDevice as SingleDevice
@@ -66,21 +66,21 @@ except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.0.0+unknown"
 
 __all__ = (
-    "CallbackSignatureError",
-    "Callback",
-    "CheckpointError",
     "DDP",
+    "FSDP",
+    "Callback",
+    "CallbackSignatureError",
+    "CheckpointError",
     "DevicePrefetcher",
     "EpochEnd",
     "EpochSampler",
     "EpochStart",
     "EvalEnd",
-    "FSDP",
     "FitEnd",
     "FitStart",
     "FtrainError",
-    "IntervalEnd",
     "Interrupted",
+    "IntervalEnd",
     "LossFn",
     "NonFiniteError",
     "PlacementError",

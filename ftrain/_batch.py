@@ -39,7 +39,8 @@ def _move(x: Any, device: torch.device, non_blocking: bool, path: str) -> Any:
         # Fast path for the common (inputs, targets) batch.
         return t(_move(v, device, non_blocking, f"{path}[{i}]") for i, v in enumerate(x))
     if isinstance(x, tuple) and hasattr(x, "_fields"):  # namedtuple
-        return t(*(_move(v, device, non_blocking, f"{path}.{f}") for f, v in zip(x._fields, x)))
+        fields = zip(x._fields, x, strict=True)
+        return t(*(_move(v, device, non_blocking, f"{path}.{f}") for f, v in fields))
     if isinstance(x, Mapping):
         items = {k: _move(v, device, non_blocking, f"{path}[{k!r}]") for k, v in x.items()}
         try:
@@ -97,7 +98,7 @@ def _first_dim(x: Any) -> int | None:
 
 
 def cast_floating(batch: Any, dtype: torch.dtype) -> Any:
-    """Return ``batch`` with every floating-point tensor cast to ``dtype`` (``*-true`` precision)."""
+    """Return ``batch`` with floating-point tensors cast to ``dtype`` (``*-true`` precision)."""
     if isinstance(batch, _Tensor):
         return batch.to(dtype) if batch.is_floating_point() else batch
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):

@@ -30,13 +30,6 @@ from typing import Any
 
 import attrs
 import torch
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
 
 from ._errors import CheckpointError, NonFiniteError
 from ._state import TrainState, advance, check_live
@@ -56,7 +49,6 @@ MAGIC = b"FTRAINCK"
 FORMAT_VERSION = 1
 _HEADER = struct.Struct("<8sIQ32s")
 _RECORD = "__ftrain_record__"
-_GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)
 # Records a checkpoint may rebuild by name: ftrain's own callback memories. Anything else comes
 # back as a plain dict, so loading never imports a module a file names.
 _KNOWN_RECORDS = {
@@ -85,7 +77,8 @@ def save(state: TrainState, path: str | os.PathLike[str]) -> Path:
 
     Example:
         >>> import os, tempfile, ftrain
-        >>> path = ftrain.save(ftrain.testing.toy_state(), os.path.join(tempfile.mkdtemp(), "a.ckpt"))
+        >>> path = os.path.join(tempfile.mkdtemp(), "a.ckpt")
+        >>> path = ftrain.save(ftrain.testing.toy_state(), path)
         >>> ftrain.load(ftrain.testing.toy_state(), path).step
         0
     """
@@ -140,6 +133,13 @@ def load(state: TrainState, path: str | os.PathLike[str]) -> TrainState:
     _check_matches(state, data, Path(path))
     # Full (unsharded) state dicts keyed by parameter names: the same file loads into one
     # process, DDP, or FSDP with any number of processes (each rank takes its shard).
+    # torch.distributed.checkpoint is imported here, not at import time (it costs ~0.8 s).
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
     full = StateDictOptions(full_state_dict=True)
     set_model_state_dict(state.model, data["model"], options=full)
     saved_optim = data["optimizer"]
@@ -148,7 +148,9 @@ def load(state: TrainState, path: str | os.PathLike[str]) -> TrainState:
             state.model, state.optimizer, optim_state_dict=saved_optim, options=full
         )
     else:  # a stateless optimizer (plain SGD) or one that never stepped: hyperparameters only
-        for group, saved in zip(state.optimizer.param_groups, saved_optim["param_groups"], strict=True):
+        for group, saved in zip(
+            state.optimizer.param_groups, saved_optim["param_groups"], strict=True
+        ):
             group.update({k: v for k, v in saved.items() if k != "params"})
     for name in ("scheduler", "scaler"):
         obj, saved = getattr(state, name), data[name]
@@ -242,6 +244,13 @@ def validate(path: str | os.PathLike[str]) -> bool:
 
 
 def _payload(state: TrainState) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    gather = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return {
         "format": "ftrain",
         "meta": {
@@ -253,8 +262,8 @@ def _payload(state: TrainState) -> dict[str, Any]:
             "epoch_totals": {k: [s, n] for k, (s, n) in state.epoch_totals.items()},
             "torch_version": str(torch.__version__),
         },
-        "model": get_model_state_dict(state.model, options=_GATHER),
-        "optimizer": get_optimizer_state_dict(state.model, state.optimizer, options=_GATHER),
+        "model": get_model_state_dict(state.model, options=gather),
+        "optimizer": get_optimizer_state_dict(state.model, state.optimizer, options=gather),
         "scheduler": None if state.scheduler is None else state.scheduler.state_dict(),
         "scaler": None if state.scaler is None else state.scaler.state_dict(),
         "callback_state": _encode(dict(state.callback_state)),
@@ -332,7 +341,8 @@ def _check_matches(state: TrainState, data: Mapping[str, Any], path: Path) -> No
     saved_groups = [len(g["params"]) for g in data["optimizer"]["param_groups"]]
     if groups != saved_groups:
         problems.append(
-            f"optimizer parameter groups {saved_groups} in the checkpoint vs {groups} in the template"
+            f"optimizer parameter groups {saved_groups} in the checkpoint vs {groups} in the "
+            "template"
         )
     if problems:
         msg = (

@@ -139,7 +139,9 @@ def _prepare(state: TrainState, loader: Iterable[Any], train: bool) -> Any:
         return loader
     if type(sampler) is SequentialSampler:
         shuffle = False
-    elif type(sampler) is RandomSampler and not sampler.replacement and sampler._num_samples is None:
+    elif (
+        type(sampler) is RandomSampler and not sampler.replacement and sampler._num_samples is None
+    ):
         shuffle = True
     else:
         return loader
@@ -197,7 +199,7 @@ def start_epoch(loader: Any, state: TrainState) -> tuple[Iterator[Any], int | No
     if isinstance(sampler, EpochSampler):
         sampler.set_epoch(state.epoch)
         sampler.set_start(0)
-        total = len(loader)
+        total: int | None = len(loader)
         sampler.set_start(state.epoch_batch * (loader.batch_size or 1))
         if isinstance(loader.generator, torch.Generator):
             # Worker processes seed themselves from the loader's generator.
@@ -234,7 +236,8 @@ class DevicePrefetcher:
     On CUDA the copy of batch ``i + 1`` is issued on a side stream (from pinned memory, so it is
     asynchronous) while step ``i`` runs; the step's stream waits for it only when it needs it. On
     other devices it simply moves each batch one ahead. Everything else (``sampler``,
-    ``batch_size``, ``len``) is the wrapped loader's, so `train_epoch` seeds and resumes it as usual.
+    ``batch_size``, ``len``) is the wrapped loader's, so `train_epoch` seeds and resumes it as
+    usual.
     """
 
     def __init__(self, loader: Any, device: torch.device):
@@ -253,7 +256,7 @@ class DevicePrefetcher:
         from ._batch import move
 
         cuda = self.device.type == "cuda"
-        stream = torch.cuda.Stream(self.device) if cuda else None
+        stream = torch.cuda.Stream(self.device) if cuda else None  # type: ignore[no-untyped-call]
         it = iter(self.loader)
 
         def fetch() -> Any:

@@ -30,8 +30,8 @@ __all__ = [
     "EvalEnd",
     "FitEnd",
     "FitStart",
-    "IntervalEnd",
     "Interrupted",
+    "IntervalEnd",
     "StepEnd",
 ]
 

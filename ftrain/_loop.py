@@ -30,8 +30,8 @@ from ._events import (
     EvalEnd,
     FitEnd,
     FitStart,
-    IntervalEnd,
     Interrupted,
+    IntervalEnd,
     StepEnd,
 )
 from ._metrics import MeanAccumulator, check_finite, means, merge_sums
@@ -133,7 +133,7 @@ def train_epoch(
             try:  # fold the open interval in, so a checkpoint resumes the epoch's logs
                 totals = merge_sums(totals, interval.sums())
                 state = update(state, epoch_batch=position, epoch_totals=totals)
-            except Exception:  # noqa: S110 - the original error matters more
+            except Exception:
                 pass
             cb(state, Interrupted(state.step, state.epoch, "exception", err))
         raise
@@ -347,7 +347,11 @@ def fit(
         return state
 
     start = FitStart(
-        state.step, state.epoch, max_epochs, max_steps, log_every_n_steps,
+        state.step,
+        state.epoch,
+        max_epochs,
+        max_steps,
+        log_every_n_steps,
         None if val is None else val_every_n_epochs,
     )
     state = user_cb(state.replace(should_stop=False), start)
@@ -368,8 +372,9 @@ def _catch_signals(signals: Sequence[int], received: list[int]) -> Iterator[None
     if threading.current_thread() is not threading.main_thread():
         msg = "`stop_signals` can only be handled when `fit` runs in the main thread."
         raise ValueError(msg)
-    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
-                for sig in signals}
+    previous = {
+        sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in signals
+    }
     try:
         yield
     finally:
@@ -446,9 +451,12 @@ def _reducer(state: TrainState) -> Callable[[torch.Tensor], torch.Tensor] | None
 
 def _step_epoch_scheduler(state: TrainState) -> None:
     scheduler = state.scheduler
-    if scheduler is not None and state.scheduler_interval == "epoch":
-        if not isinstance(scheduler, _Plateau):
-            scheduler.step()
+    if (
+        scheduler is not None
+        and state.scheduler_interval == "epoch"
+        and not isinstance(scheduler, _Plateau)
+    ):
+        scheduler.step()
 
 
 def _step_plateau_scheduler(state: TrainState, row: Mapping[str, Any]) -> None:

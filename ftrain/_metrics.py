@@ -19,7 +19,7 @@ __all__ = ["MeanAccumulator", "sample_count"]
 
 
 def sample_count(metrics: Mapping[str, Any], default: int) -> Any:
-    """The batch's sample count: ``metrics["count"]`` when the loss reports one, else ``default``."""
+    """The batch's sample count: ``metrics["count"]`` if the loss reports one, else ``default``."""
     return metrics.get("count", default)
 
 
@@ -52,17 +52,24 @@ class MeanAccumulator:
             return {}
         keys = list(dict.fromkeys(k for m in self.values for k in m if k != "count"))
         uniform = all(len(m) == len(self.values[0]) for m in self.values)
-        counts = _as_column(self.counts)
+        device = next(
+            (v.device for m in self.values for v in m.values() if isinstance(v, torch.Tensor)), None
+        )
+        counts = _as_column(self.counts, device)
         rows = []
         for k in keys:
             if uniform:
-                vals, n = _as_column([m[k] for m in self.values]), counts
+                vals, n = _as_column([m[k] for m in self.values], device), counts
             else:  # a metric only some batches report (grad_norm under accumulation)
                 have = [i for i, m in enumerate(self.values) if k in m]
-                vals = _as_column([self.values[i][k] for i in have])
-                n = _as_column([self.counts[i] for i in have])
+                vals = _as_column([self.values[i][k] for i in have], device)
+                n = _as_column([self.counts[i] for i in have], device)
             rows.append(torch.stack([(vals * n).sum(), n.sum()]))
-        table = torch.stack(rows).flatten() if rows else torch.zeros(0, dtype=torch.float64)
+        table = (
+            torch.stack(rows).flatten()
+            if rows
+            else torch.zeros(0, dtype=torch.float64, device=device)
+        )
         if reduce_sum is not None:
             table = reduce_sum(table)
         flat = table.tolist()  # the one host sync
@@ -75,10 +82,20 @@ class MeanAccumulator:
         return int(bad[0, 0]) if len(bad) else None
 
 
-def _as_column(values: list[Any]) -> torch.Tensor:
-    if values and isinstance(values[0], torch.Tensor):
+def _as_column(values: list[Any], device: torch.device | None = None) -> torch.Tensor:
+    """A float64 column on ``device`` from tensors and/or Python numbers (no sync for numbers)."""
+    if all(isinstance(v, torch.Tensor) for v in values):
         return torch.stack([v.reshape(()) for v in values]).to(torch.float64)
-    return torch.tensor([float(v) for v in values], dtype=torch.float64)
+    if not any(isinstance(v, torch.Tensor) for v in values):
+        return torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    return torch.stack(
+        [
+            v.reshape(()).to(torch.float64)
+            if isinstance(v, torch.Tensor)
+            else torch.tensor(float(v), dtype=torch.float64, device=device)
+            for v in values
+        ]
+    )
 
 
 def means(sums: Mapping[str, tuple[float, float]]) -> dict[str, float]:

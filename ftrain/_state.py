@@ -78,7 +78,7 @@ class TrainState:
     optimizer: Optimizer = attrs.field(validator=attrs.validators.instance_of(Optimizer))
     loss_fn: LossFn = attrs.field(validator=attrs.validators.is_callable(), metadata=STATIC)
     scheduler: Any = attrs.field(default=None)
-    """An LR scheduler or None; stepped by `apply_gradients` or per epoch, see `scheduler_interval`."""
+    """An LR scheduler or None; stepped by `apply_gradients` or per epoch (`scheduler_interval`)."""
     scheduler_interval: Literal["step", "epoch"] = attrs.field(
         default="step", validator=attrs.validators.in_(("step", "epoch")), metadata=STATIC
     )
@@ -183,9 +183,11 @@ class TrainState:
                 raise TypeError(msg)
             scheduler = scheduler(optimizer)
             if not _is_scheduler(scheduler):
-                msg = f"`scheduler` factory must return an LR scheduler (got {_describe(scheduler)})."
+                msg = (
+                    f"`scheduler` factory must return an LR scheduler (got {_describe(scheduler)})."
+                )
                 raise TypeError(msg)
-        if scheduler is not None and scheduler.optimizer is not optimizer:
+        if scheduler is not None and scheduler.optimizer is not optimizer:  # type: ignore[union-attr]
             msg = (
                 "`scheduler` must drive the state's optimizer, but it was built over another "
                 "optimizer. Pass a factory instead: scheduler=lambda opt: StepLR(opt, 10)."
@@ -375,10 +377,10 @@ def fork(state: TrainState) -> TrainState:
 
 def model_device(model: nn.Module) -> torch.device:
     """The device of a module's first parameter or buffer (CPU for a module with neither)."""
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
     return torch.device("cpu")
 
 

@@ -224,7 +224,9 @@ def _apply(state: TrainState) -> torch.Tensor | None:
             state.scheduler.step()
         else:  # the schedule follows step calls, skipped or not; torch warns when one skipped
             with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+                warnings.filterwarnings(
+                    "ignore", "Detected call of `lr_scheduler.step", UserWarning
+                )
                 state.scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return skipped

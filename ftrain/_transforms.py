@@ -202,10 +202,13 @@ def with_skip_nonfinite(step: Step | Callable[..., Any] = train_step) -> Step:
             state, metrics = inner(state, metrics)
             return state, {**metrics, "skipped": torch.zeros((), device=state.device)}
         state.optimizer.zero_grad(set_to_none=True)
-        zeros = {k: torch.zeros_like(v) if isinstance(v, torch.Tensor) else 0.0 for k, v in metrics.items()}
-        skipped = torch.ones((), device=state.device)
-        return advance(state, "with_skip_nonfinite", micro_step=0), {
-            **zeros, "count": 0, "skipped": skipped
+        zeros = {
+            k: torch.zeros_like(v) if isinstance(v, torch.Tensor) else 0.0
+            for k, v in metrics.items()
         }
+        skipped = torch.ones((), device=state.device)
+        zeros["count"] = torch.zeros((), dtype=torch.long, device=state.device)
+        zeros["skipped"] = skipped
+        return advance(state, "with_skip_nonfinite", micro_step=0), zeros
 
     return attrs.evolve(base, apply_gradients=guarded)

@@ -87,7 +87,8 @@ def assert_step_changes_params(
 
     Example:
         >>> import ftrain
-        >>> ftrain.testing.assert_step_changes_params(ftrain.testing.toy_state(), ftrain.testing.toy_batch())
+        >>> from ftrain.testing import assert_step_changes_params, toy_batch, toy_state
+        >>> assert_step_changes_params(toy_state(), toy_batch())
     """
     work = fork(state)
     before = _params(work)
@@ -106,7 +107,8 @@ def assert_no_param_change(fn: Callable[..., Any], state: TrainState, *args: Any
     Example:
         >>> import ftrain
         >>> s = ftrain.testing.toy_state()
-        >>> _ = ftrain.testing.assert_no_param_change(ftrain.eval_step, s, ftrain.testing.toy_batch())
+        >>> batch = ftrain.testing.toy_batch()
+        >>> _ = ftrain.testing.assert_no_param_change(ftrain.eval_step, s, batch)
     """
     before = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
     result = fn(state, *args)
@@ -134,7 +136,8 @@ def assert_overfits(
 
     Example:
         >>> import ftrain
-        >>> first, last = ftrain.testing.assert_overfits(ftrain.testing.toy_state(), ftrain.testing.toy_batch())
+        >>> from ftrain.testing import assert_overfits, toy_batch, toy_state
+        >>> first, last = assert_overfits(toy_state(), toy_batch())
     """
     work = fork(state)
     first = float(eval_step(work, batch)["loss"])
@@ -158,13 +161,12 @@ def find_unused_parameters(state: TrainState, batch: Any) -> list[str]:
 
     Example:
         >>> import ftrain
-        >>> ftrain.testing.find_unused_parameters(ftrain.testing.toy_state(), ftrain.testing.toy_batch())
+        >>> from ftrain.testing import find_unused_parameters, toy_batch, toy_state
+        >>> find_unused_parameters(toy_state(), toy_batch())
         []
     """
     work, _ = forward_backward(fork(state), batch)
-    return [
-        n for n, p in work.model.named_parameters() if p.requires_grad and p.grad is None
-    ]
+    return [n for n, p in work.model.named_parameters() if p.requires_grad and p.grad is None]
 
 
 def assert_pure_step(state: TrainState, batch: Any, *, step_fn: StepFn = train_step) -> None:
@@ -175,7 +177,8 @@ def assert_pure_step(state: TrainState, batch: Any, *, step_fn: StepFn = train_s
 
     Example:
         >>> import ftrain
-        >>> ftrain.testing.assert_pure_step(ftrain.testing.toy_state(dropout=0.5), ftrain.testing.toy_batch())
+        >>> from ftrain.testing import assert_pure_step, toy_batch, toy_state
+        >>> assert_pure_step(toy_state(dropout=0.5), toy_batch())
     """
     a, ma = step_fn(fork(state), batch)
     torch.manual_seed(torch.seed() % 2**31)  # disturb the global generator in between

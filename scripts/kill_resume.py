@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_state():  # noqa: ANN201 - imported lazily so the orchestrator starts fast
+def make_state():
     import torch
     from torch import nn
 
@@ -58,7 +58,7 @@ def worker(directory: str, out: str, max_steps: int) -> None:
                       save_on_interrupt=False)  # fmt: skip
     ready = []
 
-    def announce(state, event):  # noqa: ANN001, ANN202
+    def announce(state, event):
         if not ready:  # after the first step: start-up costs are paid, training runs now
             ready.append(print("ready", flush=True))
         return state
@@ -76,7 +76,9 @@ def _spawn(directory: Path, out: Path, max_steps: int) -> subprocess.Popen[str]:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def run(kills: int, max_steps: int = 600, seed: int = 0, workdir: str | None = None) -> dict[str, int]:
+def run(
+    kills: int, max_steps: int = 600, seed: int = 0, workdir: str | None = None
+) -> dict[str, int]:
     """Do ``kills`` kill/resume cycles; return counts. Raises AssertionError on any mismatch."""
     import warnings
 
@@ -133,8 +135,10 @@ def main() -> None:
     args = p.parse_args()
     t0 = time.time()
     counts = run(args.kills, args.max_steps, args.seed)
-    print(f"{counts} in {time.time() - t0:.0f} s: every resume finished identical to the "
-          "uninterrupted run")
+    print(
+        f"{counts} in {time.time() - t0:.0f} s: every resume finished identical to the "
+        "uninterrupted run"
+    )
 
 
 if __name__ == "__main__":

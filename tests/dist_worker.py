@@ -12,7 +12,9 @@ import ftrain
 
 def make_state(seed=0):
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+    model = nn.Sequential(
+        nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2)
+    )
     return ftrain.TrainState.create(
         model=model,
         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2),
@@ -45,8 +47,14 @@ def main():
     world, rank = state.world_size, state.rank
     train, val = make_loaders(16 // world)
     if mode == "raise":
-        boom = ftrain.on(ftrain.StepEnd, lambda s, e: (_ for _ in ()).throw(
-            RuntimeError(f"rank {rank} failed on purpose")) if rank == 1 and e.step == 3 else s)
+        boom = ftrain.on(
+            ftrain.StepEnd,
+            lambda s, e: (
+                (_ for _ in ()).throw(RuntimeError(f"rank {rank} failed on purpose"))
+                if rank == 1 and e.step == 3
+                else s
+            ),
+        )
         ftrain.fit(state, train, [boom], max_epochs=50)
         return
     if mode == "empty":
@@ -72,20 +80,34 @@ def main():
                 os.kill(os.getpid(), signal.SIGKILL)
             return s
 
-        callbacks = [ftrain.on(ftrain.StepEnd, die_once),
-                     ftrain.callbacks.Checkpoint(out + "-ckpt", every_n_steps=3, every_n_epochs=None)]
+        callbacks = [
+            ftrain.on(ftrain.StepEnd, die_once),
+            ftrain.callbacks.Checkpoint(out + "-ckpt", every_n_steps=3, every_n_epochs=None),
+        ]
     logs = []
     record = ftrain.on(ftrain.IntervalEnd, lambda s, e: (logs.append(e.metrics), s)[1])
-    stop = ftrain.callbacks.EarlyStopping(monitor="val_loss", patience=1, min_delta=10.0)
-    state, history = ftrain.fit(state, (train, val), [record, *callbacks], max_epochs=3,
-                                log_every_n_steps=3,
-                                resume=out + "-ckpt" if mode == "elastic" else None)
+    state, history = ftrain.fit(
+        state,
+        (train, val),
+        [record, *callbacks],
+        max_epochs=3,
+        log_every_n_steps=3,
+        resume=out + "-ckpt" if mode == "elastic" else None,
+    )
     params = full_state_dict(state)
     if rank == 0:
         torch.save(params, out + ".pt")
         with open(out + ".json", "w") as f:
-            json.dump({"history": history, "logs": logs, "step": state.step, "epoch": state.epoch,
-                       "world": world}, f)
+            json.dump(
+                {
+                    "history": history,
+                    "logs": logs,
+                    "step": state.step,
+                    "epoch": state.epoch,
+                    "world": world,
+                },
+                f,
+            )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ def _mark(tag, log):
     def cb(state, event):
         log.append(tag)
         return state
+
     return cb
 
 

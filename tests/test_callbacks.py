@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
+from conftest import make_classifier, make_loaders
 
 import ftrain
-from conftest import make_classifier, make_loaders
 from ftrain import EpochEnd, EpochStart, EvalEnd, FitEnd, FitStart, IntervalEnd, StepEnd
 from ftrain.callbacks import (
     CSVLogger,
@@ -65,7 +65,9 @@ def test_early_stopping_on_train_metric_listens_to_epoch_end():
 def test_progress_bar_writes_a_bar_and_summaries():
     out = io.StringIO()
     train, val = make_loaders()
-    ftrain.fit(make_classifier(), (train, val), [ProgressBar(refresh_rate=0, file=out)], max_epochs=2)
+    ftrain.fit(
+        make_classifier(), (train, val), [ProgressBar(refresh_rate=0, file=out)], max_epochs=2
+    )
     text = out.getvalue()
     assert "epoch 0" in text and "6/6" in text and "loss=" in text
     assert "val_acc=" in text and "train_loss=" in text
@@ -87,8 +89,11 @@ def test_rich_progress_bar_and_summaries_render():
     console = rich_console.Console(file=io.StringIO(), width=120)
     train, val = make_loaders()
     lines = []
-    callbacks = [RichProgressBar(refresh_rate=0, console=console), RichModelSummary(console=console),
-                 ModelSummary(print_fn=lines.append)]
+    callbacks = [
+        RichProgressBar(refresh_rate=0, console=console),
+        RichModelSummary(console=console),
+        ModelSummary(print_fn=lines.append),
+    ]
     ftrain.fit(make_classifier(), (train, val), callbacks, max_epochs=1)
     text = console.file.getvalue()
     assert "Model summary" in text and "Linear" in text and "val_loss=" in text
@@ -120,7 +125,9 @@ def test_csv_logger_appends_when_resuming(tmp_path):
     log(toy_state(), EvalEnd(0, 5, {"val_loss": 2.0}))
     rows = list(csv.DictReader((tmp_path / "metrics.csv").read_text().splitlines()))
     assert [(r["event"], r["train_loss"], r["val_loss"]) for r in rows] == [
-        ("epoch", "1.0", ""), ("val", "", "2.0")]
+        ("epoch", "1.0", ""),
+        ("val", "", "2.0"),
+    ]
 
 
 def test_tensorboard_logger_writes_readable_events(tmp_path):
@@ -128,8 +135,13 @@ def test_tensorboard_logger_writes_readable_events(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     train, val = make_loaders()
-    ftrain.fit(make_classifier(), (train, val), [TensorBoardLogger(tmp_path)], max_epochs=2,
-               log_every_n_steps=2)
+    ftrain.fit(
+        make_classifier(),
+        (train, val),
+        [TensorBoardLogger(tmp_path)],
+        max_epochs=2,
+        log_every_n_steps=2,
+    )
     acc = EventAccumulator(str(tmp_path))
     acc.Reload()
     tags = acc.Tags()["scalars"]
@@ -140,8 +152,9 @@ def test_tensorboard_logger_writes_readable_events(tmp_path):
 def test_learning_rate_monitor_records_every_group():
     state = ftrain.TrainState.create(
         model=torch.nn.Linear(2, 2),
-        optimizer=lambda p: torch.optim.SGD([{"params": [next(iter(p))], "lr": 0.1},
-                                             {"params": [], "lr": 0.5}]),
+        optimizer=lambda p: torch.optim.SGD(
+            [{"params": [next(iter(p))], "lr": 0.1}, {"params": [], "lr": 0.5}]
+        ),
         loss_fn=lambda m, b: m(b).sum(),
     )
     mon = LearningRateMonitor()
@@ -153,12 +166,16 @@ def test_learning_rate_monitor_records_every_group():
 def test_terminate_on_nan_stops_gracefully():
     cb = TerminateOnNaN()
     state = cb(toy_state(), EvalEnd(0, 4, {"val_loss": math.nan}))
-    assert state.should_stop and state.callback_state["terminate_on_nan"]["metrics"] == ("val_loss",)
+    assert state.should_stop and state.callback_state["terminate_on_nan"]["metrics"] == (
+        "val_loss",
+    )
     assert not cb(toy_state(), EvalEnd(0, 4, {"val_loss": 1.0})).should_stop
     per_step = TerminateOnNaN(check_every_n_steps=2)
     event = StepEnd(2, 0, 1, {"loss": torch.tensor(math.inf)}, 4)
     assert per_step(toy_state(), event).should_stop
-    assert not per_step(toy_state(), StepEnd(3, 0, 2, {"loss": torch.tensor(math.inf)}, 4)).should_stop
+    assert not per_step(
+        toy_state(), StepEnd(3, 0, 2, {"loss": torch.tensor(math.inf)}, 4)
+    ).should_stop
 
 
 def test_timer_stops_fit_and_remembers_elapsed_time():
@@ -178,7 +195,12 @@ def test_timer_stops_fit_and_remembers_elapsed_time():
 def test_observers_return_the_state_unchanged():
     state = toy_state()
     for cb in (ProgressBar(file=io.StringIO()), ModelSummary(print_fn=lambda line: None)):
-        for event in (FitStart(0, 0, 1, None), EpochStart(0, 1), EpochEnd(0, 1, {}), FitEnd(1, 1, ())):
+        for event in (
+            FitStart(0, 0, 1, None),
+            EpochStart(0, 1),
+            EpochEnd(0, 1, {}),
+            FitEnd(1, 1, ()),
+        ):
             assert cb(state, event) is state
 
 

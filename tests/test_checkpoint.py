@@ -1,16 +1,13 @@
 import os
 import pickle
 import signal
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
+from conftest import make_classifier, make_loaders
 from torch import nn
 
 import ftrain
-from conftest import make_classifier, make_loaders
 from ftrain import CheckpointError
 from ftrain.callbacks import Checkpoint, EarlyStopping
 from ftrain.testing import assert_resume_equivalent, assert_states_equal
@@ -39,8 +36,12 @@ def test_load_consumes_the_template(tmp_path):
 def test_resume_equals_the_uninterrupted_run_bit_for_bit(tmp_path, resume_at):
     train, val = make_loaders()  # shuffled loader; dropout, AdamW momentum, a StepLR schedule
     assert_resume_equivalent(
-        make_classifier, (train, val), max_steps=16, resume_at=resume_at,
-        path=tmp_path / "r.ckpt", callbacks=lambda: [EarlyStopping(patience=10)],
+        make_classifier,
+        (train, val),
+        max_steps=16,
+        resume_at=resume_at,
+        path=tmp_path / "r.ckpt",
+        callbacks=lambda: [EarlyStopping(patience=10)],
         log_every_n_steps=3,
     )
 
@@ -53,8 +54,9 @@ def test_fit_resume_from_a_directory_of_checkpoints(tmp_path):
     names = sorted(p.name for p in tmp_path.glob("step-*.ckpt"))
     assert names == ["step-000000006.ckpt", "step-000000008.ckpt"]  # keep_last=2
     cb2 = Checkpoint(tmp_path, every_n_steps=4, keep_last=2)
-    resumed, history = ftrain.fit(make_classifier(), (train, val), [cb2], max_epochs=4,
-                                  log_every_n_steps=2, resume=tmp_path)
+    resumed, history = ftrain.fit(
+        make_classifier(), (train, val), [cb2], max_epochs=4, log_every_n_steps=2, resume=tmp_path
+    )
     assert_states_equal(straight, resumed)
     assert [r["epoch"] for r in history] == [1, 2, 3]
 
@@ -79,8 +81,13 @@ def test_best_k_retention_and_monitor(tmp_path):
 def test_every_n_steps_must_align_with_the_log_interval(tmp_path):
     train, _ = make_loaders()
     with pytest.raises(ValueError, match="multiple of fit's `log_every_n_steps`"):
-        ftrain.fit(make_classifier(), train, [Checkpoint(tmp_path, every_n_steps=5)],
-                   max_epochs=1, log_every_n_steps=2)
+        ftrain.fit(
+            make_classifier(),
+            train,
+            [Checkpoint(tmp_path, every_n_steps=5)],
+            max_epochs=1,
+            log_every_n_steps=2,
+        )
 
 
 def test_leftover_temp_files_are_cleaned_at_start(tmp_path):
@@ -92,12 +99,16 @@ def test_leftover_temp_files_are_cleaned_at_start(tmp_path):
 
 def test_exception_inside_fit_keeps_the_last_checkpoint_and_saves_at_the_failure(tmp_path):
     train, _ = make_loaders()
-    boom = ftrain.on(ftrain.StepEnd, lambda s, e: (_ for _ in ()).throw(RuntimeError("boom"))
-                     if e.step == 9 else s)
+    boom = ftrain.on(
+        ftrain.StepEnd,
+        lambda s, e: (_ for _ in ()).throw(RuntimeError("boom")) if e.step == 9 else s,
+    )
     with pytest.raises(RuntimeError, match="boom"):
         ftrain.fit(make_classifier(), train, [boom, Checkpoint(tmp_path)], max_epochs=3)
     names = sorted(p.name for p in tmp_path.glob("step-*.ckpt"))
-    assert names[-1] == "step-000000009.ckpt" and ftrain.latest_checkpoint(tmp_path).name == names[-1]
+    assert (
+        names[-1] == "step-000000009.ckpt" and ftrain.latest_checkpoint(tmp_path).name == names[-1]
+    )
     resumed = ftrain.load(make_classifier(), tmp_path / names[-1])
     assert resumed.step == 9 and resumed.epoch == 1 and resumed.epoch_batch == 3
 
@@ -114,10 +125,17 @@ def test_a_nonfinite_state_is_never_saved(tmp_path):
 
 def test_sigterm_saves_and_fit_returns_cleanly(tmp_path):
     train, _ = make_loaders()
-    kill = ftrain.on(ftrain.StepEnd, lambda s, e: (os.kill(os.getpid(), signal.SIGTERM), s)[1]
-                     if e.step == 4 else s)
-    state, history = ftrain.fit(make_classifier(), train, [kill, Checkpoint(tmp_path)],
-                                max_epochs=3, stop_signals=(signal.SIGTERM,))
+    kill = ftrain.on(
+        ftrain.StepEnd,
+        lambda s, e: (os.kill(os.getpid(), signal.SIGTERM), s)[1] if e.step == 4 else s,
+    )
+    state, history = ftrain.fit(
+        make_classifier(),
+        train,
+        [kill, Checkpoint(tmp_path)],
+        max_epochs=3,
+        stop_signals=(signal.SIGTERM,),
+    )
     assert state.step == 4 and history == []  # stopped right after the batch that was running
     assert ftrain.load(make_classifier(), ftrain.latest_checkpoint(tmp_path)).step == 4
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
@@ -138,7 +156,12 @@ def _corrupt(path, how):
 
 @pytest.mark.parametrize(
     ("how", "match"),
-    [("truncate", "truncated"), ("flip", "corrupt"), ("empty", "is empty"), ("header", "truncated")],
+    [
+        ("truncate", "truncated"),
+        ("flip", "corrupt"),
+        ("empty", "is empty"),
+        ("header", "truncated"),
+    ],
 )
 def test_damaged_files_get_the_typed_error_and_resume_falls_back(tmp_path, how, match):
     state = ftrain.testing.toy_state()
@@ -188,10 +211,14 @@ def test_a_newer_format_version_is_refused(tmp_path):
 
 def test_a_checkpoint_of_another_model_names_every_mismatch(tmp_path):
     path = ftrain.save(ftrain.testing.toy_state(), tmp_path / "a.ckpt")
-    other = ftrain.TrainState.create(model=nn.Sequential(nn.Linear(2, 4)),
-                                     optimizer=lambda p: torch.optim.SGD(p, 0.1),
-                                     loss_fn=lambda m, b: m(b).sum())
-    with pytest.raises(CheckpointError, match=r"missing keys \['0.bias', '0.weight'\].*unexpected keys"):
+    other = ftrain.TrainState.create(
+        model=nn.Sequential(nn.Linear(2, 4)),
+        optimizer=lambda p: torch.optim.SGD(p, 0.1),
+        loss_fn=lambda m, b: m(b).sum(),
+    )
+    with pytest.raises(
+        CheckpointError, match=r"missing keys \['0.bias', '0.weight'\].*unexpected keys"
+    ):
         ftrain.load(other, path)
     wider = ftrain.testing.toy_state(out_features=4)
     with pytest.raises(CheckpointError, match=r"weight: checkpoint \(3, 2\) vs model \(4, 2\)"):

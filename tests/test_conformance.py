@@ -5,9 +5,9 @@ import io
 import pickle
 
 import pytest
+from conftest import make_classifier, make_loaders
 
 import ftrain
-from conftest import make_classifier, make_loaders
 from ftrain import callbacks as cbs
 
 

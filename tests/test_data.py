@@ -29,7 +29,9 @@ def test_start_skips_at_the_index_level():
 
 
 def test_rank_split_pads_for_training_and_not_for_evaluation():
-    train = [list(EpochSampler(DS, shuffle=False, seed=0, num_replicas=3, rank=r)) for r in range(3)]
+    train = [
+        list(EpochSampler(DS, shuffle=False, seed=0, num_replicas=3, rank=r)) for r in range(3)
+    ]
     assert [len(t) for t in train] == [4, 4, 4]
     evals = [
         list(EpochSampler(DS, shuffle=False, seed=0, num_replicas=3, rank=r, pad=False))
@@ -52,7 +54,9 @@ def test_prepare_loader_keeps_settings_and_shuffle(tiny_state):
 
 
 def test_custom_samplers_are_kept_and_resume_skips_with_a_warning(tiny_state):
-    weighted = DataLoader(DS, batch_size=2, sampler=torch.utils.data.WeightedRandomSampler([1.0] * 10, 10))
+    weighted = DataLoader(
+        DS, batch_size=2, sampler=torch.utils.data.WeightedRandomSampler([1.0] * 10, 10)
+    )
     assert ftrain.prepare_loader(tiny_state, weighted) is weighted
     batches = [ftrain.testing.toy_batch(seed=i) for i in range(4)]
     with pytest.warns(UserWarning, match="skipping 2 batches"):

@@ -20,10 +20,23 @@ TIMING = ("epoch_time", "samples_per_sec")
 
 
 def torchrun(mode, out, nproc=2, timeout=180, extra=()):
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", *extra, str(HERE / "dist_worker.py"), mode, str(out)]
+    env = {
+        **os.environ,
+        "GLOO_SOCKET_IFNAME": "lo",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        *extra,
+        str(HERE / "dist_worker.py"),
+        mode,
+        str(out),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -31,8 +44,9 @@ def single_process_reference():
     train, val = dist_worker.make_loaders(16)
     logs = []
     record = ftrain.on(ftrain.IntervalEnd, lambda s, e: (logs.append(e.metrics), s)[1])
-    state, history = ftrain.fit(dist_worker.make_state(), (train, val), [record], max_epochs=3,
-                                log_every_n_steps=3)
+    state, history = ftrain.fit(
+        dist_worker.make_state(), (train, val), [record], max_epochs=3, log_every_n_steps=3
+    )
     return state, history, logs
 
 
@@ -86,8 +100,9 @@ def _params(path):
 
 @pytest.mark.timeout(400)
 def test_fsdp_checkpoint_loads_into_one_process_and_back(tmp_path):
-    ref9, _ = ftrain.fit(dist_worker.make_state(), dist_worker.make_loaders(16), max_steps=9,
-                         log_every_n_steps=3)
+    ref9, _ = ftrain.fit(
+        dist_worker.make_state(), dist_worker.make_loaders(16), max_steps=9, log_every_n_steps=3
+    )
     ref18, _, _ = single_process_reference()
     # FSDP (2 processes) -> one process
     proc = torchrun("save9-fsdp", tmp_path / "a")

@@ -19,7 +19,8 @@ def _blocks():
         for i, match in enumerate(BLOCK.finditer(path.read_text())):
             skip, code = match.groups()
             yield pytest.param(
-                code, marks=pytest.mark.skip(reason="no-run") if skip else (),
+                code,
+                marks=pytest.mark.skip(reason="no-run") if skip else (),
                 id=f"{path.relative_to(ROOT)}:{i}",
             )
 

@@ -14,7 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def _run(script: str, *args: str) -> str:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "examples" / script), *args],
-        capture_output=True, text=True, timeout=240, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout + proc.stderr
@@ -22,8 +25,19 @@ def _run(script: str, *args: str) -> str:
 
 @pytest.mark.timeout(300)
 def test_mnist_example_trains_and_writes_its_logs(tmp_path):
-    out = _run("mnist.py", "--epochs", "2", "--limit-batches", "10", "--accumulate", "2",
-               "--device", "cpu", "--out", str(tmp_path))
+    out = _run(
+        "mnist.py",
+        "--epochs",
+        "2",
+        "--limit-batches",
+        "10",
+        "--accumulate",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path),
+    )
     match = re.search(r"digits: 2 epochs, 10 steps .* val_acc (\d\.\d+)", out)
     assert match, out
     assert float(match.group(1)) > 0.3  # 10 steps already beat chance (0.1) by far
@@ -48,11 +62,26 @@ def test_custom_loop_example_matches_fit_step_for_step():
 
 def test_mnist_example_says_what_to_do_when_mnist_cannot_be_downloaded(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "mnist.py"), "--dataset", "mnist",
-         "--data-dir", str(tmp_path), "--epochs", "1"],
-        capture_output=True, text=True, timeout=240, cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin", "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
-             "PYTHONPATH": str(ROOT)},
+        [
+            sys.executable,
+            str(ROOT / "examples" / "mnist.py"),
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            str(tmp_path),
+            "--epochs",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HTTPS_PROXY": "http://127.0.0.1:9",
+            "HTTP_PROXY": "http://127.0.0.1:9",
+            "PYTHONPATH": str(ROOT),
+        },
     )
     assert proc.returncode != 0
     assert "--dataset digits" in proc.stderr
@@ -65,13 +94,29 @@ def test_distributed_example_gives_the_same_result_on_one_and_two_processes(tmp_
     single = _run("distributed.py", "--epochs", "2", "--no-progress")
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(ROOT / "examples" / "distributed.py"), "--strategy", "ddp", "--epochs", "2",
-         "--no-progress", "--checkpoints", str(tmp_path)],
-        capture_output=True, text=True, timeout=240, cwd=ROOT, env=env,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(ROOT / "examples" / "distributed.py"),
+            "--strategy",
+            "ddp",
+            "--epochs",
+            "2",
+            "--no-progress",
+            "--checkpoints",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    acc = lambda text: re.search(r"val_acc (\d\.\d+)", text).group(1)  # noqa: E731
+    acc = lambda text: re.search(r"val_acc (\d\.\d+)", text).group(1)
     assert "ddp on 2 process(es): 128 steps" in proc.stdout and acc(proc.stdout) == acc(single)
     assert proc.stdout.count("val_acc") == 1  # only rank 0 prints
     assert list(tmp_path.glob("step-*.ckpt"))

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import kill_resume  # noqa: E402
+import kill_resume
 
 
 @pytest.mark.timeout(600)

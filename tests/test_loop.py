@@ -2,20 +2,23 @@ import math
 
 import pytest
 import torch
-from toolz import keymap
+from conftest import make_classifier, make_loaders
 from torch import nn
 
 import ftrain
-from conftest import make_classifier, make_loaders
 from ftrain import EpochEnd, EpochStart, EvalEnd, FitEnd, FitStart, IntervalEnd, StepEnd
 
 
 def _same_params(a, b):
-    return all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True))
+    return all(
+        torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True)
+    )
 
 
 def _strip_timing(rows):
-    return [{k: v for k, v in r.items() if k not in ("epoch_time", "samples_per_sec")} for r in rows]
+    return [
+        {k: v for k, v in r.items() if k not in ("epoch_time", "samples_per_sec")} for r in rows
+    ]
 
 
 def test_fit_equals_a_hand_written_loop_of_public_functions():
@@ -27,8 +30,14 @@ def test_fit_equals_a_hand_written_loop_of_public_functions():
     while state.epoch < 3:
         epoch = state.epoch
         state, logs = ftrain.train_epoch(state, train)
-        rows.append({"epoch": epoch, "step": state.step, **logs,
-                     **ftrain.eval_epoch(state, val, prefix="val_")})
+        rows.append(
+            {
+                "epoch": epoch,
+                "step": state.step,
+                **logs,
+                **ftrain.eval_epoch(state, val, prefix="val_"),
+            }
+        )
     assert _same_params(fitted, state) and fitted.step == state.step == 18
     assert _strip_timing(history) == _strip_timing(rows)
 
@@ -77,8 +86,13 @@ def test_limits_and_validation_every_n_steps():
     seen = []
     record = lambda state, event: (seen.append(event), state)[1]
     state, history = ftrain.fit(
-        make_classifier(), (train, val), [record],
-        max_epochs=2, limit_train_batches=4, limit_val_batches=1, val_every_n_steps=3,
+        make_classifier(),
+        (train, val),
+        [record],
+        max_epochs=2,
+        limit_train_batches=4,
+        limit_val_batches=1,
+        val_every_n_steps=3,
     )
     assert state.step == 8 and state.epoch == 2
     evals = [e for e in seen if isinstance(e, EvalEnd)]
@@ -144,7 +158,8 @@ def test_callback_can_stop_mid_epoch():
 def test_epoch_interval_scheduler_and_plateau_scheduler():
     train, val = make_loaders()
     state = ftrain.TrainState.create(
-        model=nn.Linear(10, 2), optimizer=lambda p: torch.optim.SGD(p, lr=1.0),
+        model=nn.Linear(10, 2),
+        optimizer=lambda p: torch.optim.SGD(p, lr=1.0),
         loss_fn=ftrain.supervised(nn.CrossEntropyLoss()),
         scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, 1, gamma=0.5),
         scheduler_interval="epoch",
@@ -153,7 +168,8 @@ def test_epoch_interval_scheduler_and_plateau_scheduler():
     assert [r["lr"] for r in history] == [1.0, 0.5, 0.25] and state.lr == 0.125
 
     plateau = ftrain.TrainState.create(
-        model=nn.Linear(10, 2), optimizer=lambda p: torch.optim.SGD(p, lr=0.0),
+        model=nn.Linear(10, 2),
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.0),
         loss_fn=ftrain.supervised(nn.CrossEntropyLoss()),
         scheduler=lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(o, patience=0),
         scheduler_interval="epoch",
@@ -188,13 +204,21 @@ def test_nonfinite_loss_stops_training_with_the_batch():
     ("kwargs", "error", "match"),
     [
         ({}, ValueError, "needs `max_epochs` or `max_steps`"),
-        ({"max_epochs": -1}, ValueError, r"`max_epochs` must be a non-negative int or None \(got -1\)"),
+        (
+            {"max_epochs": -1},
+            ValueError,
+            r"`max_epochs` must be a non-negative int or None \(got -1\)",
+        ),
         ({"max_epochs": 1.5}, ValueError, "max_epochs"),
         ({"max_steps": -3}, ValueError, "max_steps"),
         ({"max_epochs": 1, "val_every_n_epochs": 0}, ValueError, "val_every_n_epochs"),
         ({"max_epochs": 1, "log_every_n_steps": 0}, ValueError, "log_every_n_steps"),
         ({"max_epochs": 1, "callbacks": [print]}, ftrain.CallbackSignatureError, "callback"),
-        ({"max_epochs": 1, "callbacks": [lambda s: s]}, ftrain.CallbackSignatureError, r"\(state, event\)"),
+        (
+            {"max_epochs": 1, "callbacks": [lambda s: s]},
+            ftrain.CallbackSignatureError,
+            r"\(state, event\)",
+        ),
     ],
 )
 def test_fit_rejects_bad_arguments(kwargs, error, match, tiny_state, batch):
@@ -226,15 +250,21 @@ def test_eval_epoch_weights_batches_by_sample_count(tiny_state):
     whole = ftrain.eval_epoch(tiny_state, [(x, y)])
     split = ftrain.eval_epoch(tiny_state, batches)
     assert split["loss"] == pytest.approx(whole["loss"], rel=1e-6)
-    counted = tiny_state.replace(loss_fn=lambda m, b: (ftrain.testing.toy_state().loss_fn(m, b), {"count": torch.tensor(1)}))
+    counted = tiny_state.replace(
+        loss_fn=lambda m, b: (ftrain.testing.toy_state().loss_fn(m, b), {"count": torch.tensor(1)})
+    )
     assert ftrain.eval_epoch(counted, batches)["loss"] != pytest.approx(whole["loss"], rel=1e-6)
 
 
 def test_callbacks_see_events_with_consistent_counters():
     train, val = make_loaders(n=48, batch_size=16)
     seen = []
-    ftrain.fit(make_classifier(), (train, val), [lambda s, e: (seen.append((e, s.step, s.epoch)), s)[1]],
-               max_epochs=2)
+    ftrain.fit(
+        make_classifier(),
+        (train, val),
+        [lambda s, e: (seen.append((e, s.step, s.epoch)), s)[1]],
+        max_epochs=2,
+    )
     for event, step, epoch in seen:
         if isinstance(event, StepEnd):
             assert event.step == step and event.epoch == epoch

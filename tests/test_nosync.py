@@ -6,9 +6,9 @@ import sys
 
 import pytest
 import torch
+from conftest import make_classifier, make_loaders
 
 import ftrain
-from conftest import make_classifier, make_loaders
 
 SYNCING = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
 
@@ -68,8 +68,15 @@ def test_import_adds_little_to_import_torch():
         "import ftrain; b=time.perf_counter(); print(b - a)"
     )
     times = sorted(
-        float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             check=True, timeout=120).stdout)
+        float(
+            subprocess.run(
+                [sys.executable, "-c", code],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=120,
+            ).stdout
+        )
         for _ in range(3)
     )
     assert times[1] < 0.25, times  # median; measured about 0.03 s

@@ -15,7 +15,13 @@ def test_place_records_strategy_and_device(tiny_state, batch):
 
 def test_auto_picks_an_available_device(tiny_state):
     state = ftrain.place(tiny_state, SingleDevice())
-    expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    expected = (
+        "cuda"
+        if torch.cuda.is_available()
+        else "mps"
+        if torch.backends.mps.is_available()
+        else "cpu"
+    )
     assert state.device.type == expected
 
 

@@ -15,8 +15,10 @@ def _mlp_state(seed=0):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4))
     return ftrain.TrainState.create(
-        model=model, optimizer=lambda p: torch.optim.SGD(p, lr=0.05),
-        loss_fn=ftrain.supervised(nn.CrossEntropyLoss()), seed=seed,
+        model=model,
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.05),
+        loss_fn=ftrain.supervised(nn.CrossEntropyLoss()),
+        seed=seed,
     )
 
 

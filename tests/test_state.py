@@ -13,8 +13,9 @@ def _loss(model, batch):
 
 def test_create_sets_counters_and_keeps_model_where_it_is():
     model = nn.Linear(2, 1)
-    state = TrainState.create(model=model, optimizer=torch.optim.SGD(model.parameters(), 0.1),
-                              loss_fn=_loss, seed=7)
+    state = TrainState.create(
+        model=model, optimizer=torch.optim.SGD(model.parameters(), 0.1), loss_fn=_loss, seed=7
+    )
     assert (state.step, state.epoch, state.epoch_batch, state.micro_step) == (0, 0, 0, 0)
     assert state.seed == 7 and state.strategy is None
     assert state.device == torch.device("cpu") and state.model is model and state.is_live
@@ -118,8 +119,9 @@ def test_create_rejects_bad_arguments(kwargs, error, match):
 def test_create_rejects_an_optimizer_over_other_parameters():
     model, other = nn.Linear(2, 1), nn.Linear(2, 1)
     with pytest.raises(ValueError, match=r"2 of its parameters are not the model's"):
-        TrainState.create(model=model, optimizer=torch.optim.SGD(other.parameters(), 0.1),
-                          loss_fn=_loss)
+        TrainState.create(
+            model=model, optimizer=torch.optim.SGD(other.parameters(), 0.1), loss_fn=_loss
+        )
 
 
 def test_create_rejects_a_scheduler_over_another_optimizer():
@@ -127,8 +129,12 @@ def test_create_rejects_a_scheduler_over_another_optimizer():
     opt = torch.optim.SGD(model.parameters(), 0.1)
     other = torch.optim.SGD(model.parameters(), 0.1)
     with pytest.raises(ValueError, match="another optimizer"):
-        TrainState.create(model=model, optimizer=opt, loss_fn=_loss,
-                          scheduler=torch.optim.lr_scheduler.StepLR(other, 2))
+        TrainState.create(
+            model=model,
+            optimizer=opt,
+            loss_fn=_loss,
+            scheduler=torch.optim.lr_scheduler.StepLR(other, 2),
+        )
 
 
 def test_a_step_result_passed_as_state_gets_a_helpful_error(tiny_state, batch):

@@ -103,7 +103,8 @@ def test_metrics_stay_on_device_and_nothing_syncs(monkeypatch, batch):
     for name in ("item", "tolist", "cpu", "__float__", "numpy"):
         original = getattr(torch.Tensor, name)
         monkeypatch.setattr(
-            torch.Tensor, name,
+            torch.Tensor,
+            name,
             lambda self, *a, _n=name, _o=original, **k: (calls.append(_n), _o(self, *a, **k))[1],
         )
     for _ in range(3):
@@ -118,7 +119,9 @@ def test_supervised_reports_accuracy_for_classification():
     loss_fn = ftrain.supervised(nn.CrossEntropyLoss())
     loss, metrics = loss_fn(model, (torch.randn(8, 4), torch.randint(0, 3, (8,))))
     assert loss.ndim == 0 and 0.0 <= float(metrics["acc"]) <= 1.0
-    assert torch.is_tensor(ftrain.supervised(nn.MSELoss())(model, (torch.randn(2, 4), torch.randn(2, 3))))
+    assert torch.is_tensor(
+        ftrain.supervised(nn.MSELoss())(model, (torch.randn(2, 4), torch.randn(2, 3)))
+    )
     with pytest.raises(TypeError, match=r"pair \(inputs, targets\)"):
         loss_fn(model, {"x": torch.randn(2, 4)})
     with pytest.raises(TypeError, match="`criterion` must be a callable"):

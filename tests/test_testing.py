@@ -31,7 +31,8 @@ class _TwoHeads(nn.Module):
 
 def _state(model, **kw):
     return ftrain.TrainState.create(
-        model=model, optimizer=lambda p: torch.optim.SGD(p, lr=kw.get("lr", 0.1)),
+        model=model,
+        optimizer=lambda p: torch.optim.SGD(p, lr=kw.get("lr", 0.1)),
         loss_fn=kw.get("loss_fn", ftrain.supervised(nn.MSELoss())),
     )
 

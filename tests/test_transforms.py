@@ -93,8 +93,14 @@ def test_fit_counts_optimizer_steps_under_accumulation():
     batches = [toy_batch(seed=i) for i in range(6)]
     events = []
     grab = ftrain.on(ftrain.IntervalEnd, lambda s, e: (events.append(e.step), s)[1])
-    state, history = ftrain.fit(toy_state(), batches, [grab], max_epochs=2,
-                                step_fn=ftrain.with_accumulation(every=3), log_every_n_steps=1)
+    state, history = ftrain.fit(
+        toy_state(),
+        batches,
+        [grab],
+        max_epochs=2,
+        step_fn=ftrain.with_accumulation(every=3),
+        log_every_n_steps=1,
+    )
     assert state.step == 4 and history[-1]["step"] == 4 and events == [1, 2, 3, 4]
 
 

@@ -12,7 +12,7 @@ import attrs
 
 from .._checkpoint import checkpoint_name, list_checkpoints, save
 from .._errors import FtrainError
-from .._events import EpochEnd, EvalEnd, FitStart, IntervalEnd, Interrupted
+from .._events import EpochEnd, EvalEnd, FitStart, Interrupted, IntervalEnd
 from .._state import TrainState
 
 __all__ = ["Checkpoint", "CheckpointState"]
@@ -66,7 +66,9 @@ class Checkpoint:
         name: str = "checkpoint",
     ):
         for arg, value in (("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
                 msg = f"`{arg}` must be a positive int or None (got {value!r})."
                 raise ValueError(msg)
         if mode not in (None, "min", "max"):

@@ -106,7 +106,9 @@ class TensorBoardLogger:
         if isinstance(event, IntervalEnd):
             self._scalars(event.metrics, event.step, prefix="step/")
         elif isinstance(event, EpochEnd | EvalEnd):
-            self._scalars(event.metrics, event.step, prefix="epoch/" if isinstance(event, EpochEnd) else "")
+            self._scalars(
+                event.metrics, event.step, prefix="epoch/" if isinstance(event, EpochEnd) else ""
+            )
             self._writer.flush()
         elif isinstance(event, FitEnd) and self._writer is not None:
             self._writer.close()

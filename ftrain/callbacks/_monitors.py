@@ -137,8 +137,7 @@ def _seconds(value: timedelta | float | str) -> float:
         seconds = float(((d * 24 + h) * 60 + m) * 60 + s)
     else:
         msg = (
-            "`max_time` must be a timedelta, a number of seconds or 'DD:HH:MM:SS' "
-            f"(got {value!r})."
+            f"`max_time` must be a timedelta, a number of seconds or 'DD:HH:MM:SS' (got {value!r})."
         )
         raise ValueError(msg)
     if seconds <= 0:

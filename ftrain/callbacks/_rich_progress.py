@@ -78,8 +78,12 @@ class RichProgressBar:
         )
         self._progress.start()
         self._task = self._progress.add_task(
-            "train", total=event.num_batches, completed=event.first_batch,
-            epoch=event.epoch, loss="-", rate="-",
+            "train",
+            total=event.num_batches,
+            completed=event.first_batch,
+            epoch=event.epoch,
+            loss="-",
+            rate="-",
         )
         self._pending = self._samples = 0
         self._t0 = self._last = time.perf_counter()

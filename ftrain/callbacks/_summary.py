@@ -40,7 +40,7 @@ class Summary:
         return self.total - self.trainable
 
     def rows(self) -> list[tuple[str, str, str, str]]:
-        return [(l.name, l.type, f"{l.params:,}", f"{l.trainable:,}") for l in self.layers]
+        return [(x.name, x.type, f"{x.params:,}", f"{x.trainable:,}") for x in self.layers]
 
     def footer(self) -> list[str]:
         return [
@@ -56,9 +56,10 @@ def summarize(model: nn.Module, max_depth: int = 1) -> Summary:
 
     Example:
         >>> import torch, ftrain
-        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
         >>> s = ftrain.callbacks.summarize(model)
-        >>> [(l.name, l.params) for l in s.layers], s.total
+        >>> [(layer.name, layer.params) for layer in s.layers], s.total
         ([('0', 40), ('1', 0), ('2', 18)], 58)
     """
     if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 1:

@@ -9,7 +9,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .._state import TrainState
 from ._dist import all_reduce_sum, init_from_env
-from ._precision import apply_true_precision, autocast_dtype, check_precision, make_scaler, true_dtype
+from ._precision import (
+    apply_true_precision,
+    autocast_dtype,
+    check_precision,
+    make_scaler,
+    true_dtype,
+)
 from ._single import move_optimizer_state
 
 __all__ = ["DDP"]

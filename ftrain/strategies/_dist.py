@@ -25,7 +25,9 @@ def init_from_env(backend: str | None, timeout_s: float) -> tuple[int, int, torc
     cuda = torch.cuda.is_available()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+        missing = [
+            k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ
+        ]
         if missing:
             msg = (
                 f"Distributed placement needs the environment torchrun sets ({', '.join(missing)} "

@@ -51,7 +51,12 @@ class FSDP:
     """Evaluation runs the same number of forward passes on every rank (all-gathers need it)."""
 
     def setup(self, state: TrainState) -> TrainState:
-        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+        from torch.distributed.fsdp import (
+            CPUOffloadPolicy,
+            MixedPrecisionPolicy,
+            OffloadPolicy,
+            fully_shard,
+        )
 
         if state.optimizer.state:
             msg = (
@@ -69,19 +74,19 @@ class FSDP:
             ([names[id(p)] for p in g["params"]], {k: v for k, v in g.items() if k != "params"})
             for g in state.optimizer.param_groups
         ]
-        options = {
-            "reshard_after_forward": self.reshard_after_forward,
-            "mp_policy": MixedPrecisionPolicy(
-                param_dtype=_DTYPES.get(self.precision), reduce_dtype=torch.float32
-            ),
-        }
-        if self.cpu_offload:
-            options["offload_policy"] = CPUOffloadPolicy()
-        for child in self._targets(model):
-            fully_shard(child, **options)
-        fully_shard(model, **options)
+        mp_policy = MixedPrecisionPolicy(
+            param_dtype=_DTYPES.get(self.precision), reduce_dtype=torch.float32
+        )
+        offload = CPUOffloadPolicy() if self.cpu_offload else OffloadPolicy()
+        for module in [*self._targets(model), model]:  # children first, then the root
+            fully_shard(
+                module,
+                reshard_after_forward=self.reshard_after_forward,
+                mp_policy=mp_policy,
+                offload_policy=offload,
+            )
         params = dict(model.named_parameters())
-        optimizer = type(state.optimizer)(
+        optimizer = type(state.optimizer)(  # type: ignore[call-arg]
             [{"params": [params[n] for n in group_names], **hp} for group_names, hp in groups]
         )
         rebind_scheduler(state.scheduler, optimizer)

@@ -83,7 +83,7 @@ class SingleDevice:
         """The module the steps call for ``model``: the model itself, or its compiled form."""
         if not self.compile:
             return model
-        options = {} if self.compile is True else dict(self.compile)  # type: ignore[arg-type]
+        options = {} if self.compile is True else dict(self.compile)
         return torch.compile(model, **options)  # type: ignore[return-value]
 
 
@@ -101,7 +101,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if not isinstance(device, str | torch.device):
-        msg = f"`device` must be a string such as 'cpu' or 'cuda', or a torch.device (got {device!r})."
+        msg = f"`device` must be a device string such as 'cpu' or a torch.device (got {device!r})."
         raise TypeError(msg)
     try:
         dev = torch.device(device)
