@@ -38,7 +38,8 @@ class EpochSampler(DistributedSampler[int]):
         dataset: a sized dataset.
         shuffle: shuffle each epoch (the order is ``randperm`` seeded from seed and epoch).
         seed: the run's seed (``state.seed``).
-        num_replicas, rank: the process split (1 and 0 on one process).
+        num_replicas: the number of processes sharing the data (1 on one process).
+        rank: this process's index among them.
         drop_last: as in `DistributedSampler`.
         pad: repeat samples so every rank gets the same count (training, so collectives stay
             in step). ``False`` gives each sample to exactly one rank (evaluation).

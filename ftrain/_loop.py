@@ -253,7 +253,8 @@ def fit(
         step_fn: the training step, e.g. ``with_grad_clip(train_step, max_norm=1.0)``.
         val_every_n_epochs: validate after every n-th epoch.
         val_every_n_steps: also validate every n optimizer steps.
-        limit_train_batches, limit_val_batches: batches per epoch, for quick runs.
+        limit_train_batches: training batches per epoch, for quick runs.
+        limit_val_batches: validation batches per validation, for quick runs.
         log_every_n_steps: the log interval (one host sync per interval).
         resume: a checkpoint file to load into ``state`` first, or a directory: its newest
             checkpoint that validates is loaded (corrupt ones are skipped with a warning), and

@@ -38,7 +38,7 @@ def _apply_phase(state: TrainState, metrics: Metrics) -> tuple[TrainState, Metri
 class Step:
     """A training step built from its two phases; call it as ``step(state, batch)``.
 
-    Args:
+    Attributes:
         forward_backward: ``(state, batch, *, loss_scale=1.0) -> (state, metrics)``; accumulates
             gradients of ``loss * loss_scale`` (`ftrain.forward_backward` by default).
         apply_gradients: ``(state, metrics) -> (state, metrics)``; the optimizer update. It may

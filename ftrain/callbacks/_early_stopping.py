@@ -32,7 +32,7 @@ class EarlyStopping:
     returning a state with ``should_stop=True``. Every process sees the same averaged metrics, so
     under DDP every rank decides the same.
 
-    Args:
+    Attributes:
         monitor: the metric to watch, e.g. ``"val_loss"`` or ``"val_acc"``.
         mode: ``"min"`` or ``"max"``; None picks ``"max"`` for names containing ``acc`` and
             ``"min"`` otherwise.

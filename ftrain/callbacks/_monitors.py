@@ -55,7 +55,7 @@ class TerminateOnNaN:
     that carry host values, and stops instead of raising. With ``check_every_n_steps`` it also
     reads the step loss every n steps, which is one host sync per n steps (documented cost).
 
-    Args:
+    Attributes:
         monitor: metric names to check; None checks every metric of the event.
         check_every_n_steps: also check the step loss every n steps (syncs), or None.
     """

@@ -32,10 +32,12 @@ class DDP:
     `EpochSampler` (a `DistributedSampler`) from `fit`; metrics are averaged across processes at
     each log interval; only rank 0 prints and writes.
 
-    Args:
+    Attributes:
         precision: as for `SingleDevice`.
-        find_unused_parameters, broadcast_buffers, gradient_as_bucket_view, static_graph: passed
-            to `DistributedDataParallel`.
+        find_unused_parameters: passed to `DistributedDataParallel`.
+        broadcast_buffers: passed to `DistributedDataParallel`.
+        gradient_as_bucket_view: passed to `DistributedDataParallel`.
+        static_graph: passed to `DistributedDataParallel`.
         backend: the process-group backend (default: nccl on CUDA, gloo otherwise).
         timeout_s: the process-group timeout: a collective stuck longer than this fails the job.
     """

@@ -29,14 +29,15 @@ class FSDP:
     the new optimizer. Mixed precision is FSDP's policy: ``bf16-mixed`` computes in bfloat16 and
     reduces gradients in float32.
 
-    Args:
+    Attributes:
         shard: module classes to shard individually (e.g. your transformer block); None shards
             every direct child that has parameters.
         reshard_after_forward: free gathered parameters after forward (saves memory, costs an
             all-gather in backward).
         precision: ``"32-true"``, ``"bf16-mixed"``, ``"16-mixed"`` or ``"bf16-true"``.
         cpu_offload: keep sharded parameters and optimizer state in CPU memory.
-        backend, timeout_s: as for `DDP`.
+        backend: as for `DDP`.
+        timeout_s: as for `DDP`.
     """
 
     shard: Sequence[type[nn.Module]] | None = None

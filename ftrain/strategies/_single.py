@@ -27,7 +27,7 @@ __all__ = ["SingleDevice", "move_optimizer_state", "resolve_device"]
 class SingleDevice:
     """Train in this process on one device.
 
-    Args:
+    Attributes:
         device: ``"auto"`` (CUDA, then MPS, then CPU), or any torch device string such as
             ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
         precision: ``"32-true"`` (default), ``"bf16-mixed"`` / ``"16-mixed"`` (float32 weights,
