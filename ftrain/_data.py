@@ -131,13 +131,14 @@ def prepare_loader(
 def _prepare(state: TrainState, loader: Iterable[Any], train: bool) -> Any:
     if not isinstance(loader, DataLoader) or isinstance(loader.sampler, EpochSampler):
         return loader
-    if isinstance(loader.dataset, IterableDataset):
-        return loader
-    if type(loader.batch_sampler) is not BatchSampler:
-        return loader
     sampler = loader.sampler
     if isinstance(sampler, DistributedSampler):
         return loader
+    if (
+        isinstance(loader.dataset, IterableDataset)
+        or type(loader.batch_sampler) is not BatchSampler
+    ):
+        return _kept(state, loader)
     if type(sampler) is SequentialSampler:
         shuffle = False
     elif (
@@ -145,7 +146,7 @@ def _prepare(state: TrainState, loader: Iterable[Any], train: bool) -> Any:
     ):
         shuffle = True
     else:
-        return loader
+        return _kept(state, loader)
     world = getattr(state.strategy, "world_size", 1)
     rank = getattr(state.strategy, "rank", 0)
     new_sampler = EpochSampler(
@@ -158,6 +159,22 @@ def _prepare(state: TrainState, loader: Iterable[Any], train: bool) -> Any:
         pad=train,
     )
     return _rebuild(loader, new_sampler, pin=state.device.type == "cuda")
+
+
+def _kept(state: TrainState, loader: DataLoader[Any]) -> DataLoader[Any]:
+    """A loader ftrain cannot reorder is used as it is; distributed, say so once."""
+    if state.world_size > 1 and id(loader) not in _warned_split:
+        _warned_split.add(id(loader))
+        warnings.warn(
+            f"The loader's sampler ({type(loader.sampler).__name__}) or dataset is custom, so "
+            "ftrain cannot split it across processes: every process iterates it as it is. Give "
+            "it a DistributedSampler yourself if each process should see its own share.",
+            stacklevel=3,
+        )
+    return loader
+
+
+_warned_split: set[int] = set()
 
 
 def _rebuild(loader: DataLoader[Any], sampler: EpochSampler, pin: bool) -> DataLoader[Any]:

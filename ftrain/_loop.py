@@ -310,12 +310,13 @@ def fit(
     def watch_signals(state: TrainState, event: Any) -> TrainState:
         return update(state, should_stop=True) if signalled else state
 
-    epoch_cbs = [user_cb]
+    # With nothing to call, train_epoch gets no callbacks and skips per-step event dispatch.
+    epoch_cbs = [user_cb] if callbacks else []
     if val is not None and val_every_n_steps is not None:
         epoch_cbs.append(validate_mid_epoch)
     if stop_signals:
         epoch_cbs.append(on(StepEnd, watch_signals))
-    epoch_cb = chain(*epoch_cbs)
+    epoch_cb = (chain(*epoch_cbs),) if epoch_cbs else ()
 
     def done(state: TrainState) -> bool:
         return (
@@ -330,7 +331,7 @@ def fit(
             state, logs = train_epoch(
                 state,
                 train,
-                (epoch_cb,),
+                epoch_cb,
                 step_fn=step_fn,
                 max_batches=limit_train_batches,
                 max_steps=max_steps,

@@ -34,7 +34,7 @@ def place(state: TrainState, strategy: Strategy | str | torch.device = "auto") -
         >>> import ftrain
         >>> state = ftrain.place(ftrain.testing.toy_state(), "cpu")
         >>> state.strategy
-        SingleDevice(device=device(type='cpu'), precision='32-true')
+        SingleDevice(device=device(type='cpu'), precision='32-true', compile=False)
     """
     check_live(state, "place")
     if state.strategy is not None:

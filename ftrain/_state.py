@@ -16,7 +16,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from ._errors import CallbackSignatureError, PlacementError, StaleStateError
 from ._typing import LossFn, Strategy
 
-__all__ = ["STATIC", "TrainState", "advance", "check_live", "fork", "update"]
+__all__ = ["STATIC", "TrainState", "advance", "advance_step", "check_live", "fork", "update"]
 
 STATIC = {"ftrain.static": True}
 """Field metadata for configuration that is not training state (skipped by checkpoints)."""
@@ -257,6 +257,13 @@ class TrainState:
 _FIELD_NAMES = tuple(a.name for a in attrs.fields(TrainState))
 
 
+def _copier_namespace() -> dict[str, Any]:
+    # Slot descriptors' __set__ writes a frozen record's field directly (what attrs does too).
+    namespace: dict[str, Any] = {f"set{n}": TrainState.__dict__[n].__set__ for n in _FIELD_NAMES}
+    namespace.update(new_obj=object.__new__, TrainState=TrainState, raise_stale=_raise_stale)
+    return namespace
+
+
 def _make_copier(consume: bool) -> Callable[..., TrainState]:
     # The hot path: every step makes a new record. attrs.evolve re-runs all validators (~6 us);
     # this unrolled copy skips them (~1 us) because only ftrain's own code calls it, with values
@@ -275,16 +282,9 @@ def _make_copier(consume: bool) -> Callable[..., TrainState]:
     else:
         lines = ["def advance(state, **ch):"]
     lines.append("    new = new_obj(TrainState)")
-    lines += [
-        f"    setattr_(new, {n!r}, ch[{n!r}] if {n!r} in ch else state.{n})" for n in _FIELD_NAMES
-    ]
+    lines += [f"    set{n}(new, ch[{n!r}] if {n!r} in ch else state.{n})" for n in _FIELD_NAMES]
     lines.append("    return new")
-    namespace: dict[str, Any] = {
-        "new_obj": object.__new__,
-        "setattr_": object.__setattr__,
-        "TrainState": TrainState,
-        "raise_stale": _raise_stale,
-    }
+    namespace = _copier_namespace()
     exec("\n".join(lines), namespace)
     return namespace["advance"]  # type: ignore[no-any-return]
 
@@ -305,6 +305,31 @@ advance = _make_copier(consume=True)
 """``advance(state, consumer_name, **changes)``: consume ``state``, return the next live record."""
 
 update = _make_copier(consume=False)
+
+
+def _make_stepper() -> Callable[[TrainState, str, int, int], TrainState]:
+    # `advance` specialised for the step functions' own transition (new step and micro_step):
+    # every other field is copied directly, without a dict lookup per field.
+    lines = [
+        "def advance_step(state, consumer, step, micro_step):",
+        "    lineage = state._lineage",
+        "    if state._version != lineage.version:",
+        "        raise_stale(state, consumer)",
+        "    lineage.version += 1",
+        "    lineage.consumed_by = consumer",
+        "    lineage.consumed_at_step = state.step",
+        "    new = new_obj(TrainState)",
+    ]
+    special = {"step": "step", "micro_step": "micro_step", "_version": "lineage.version"}
+    lines += [f"    set{n}(new, {special.get(n, 'state.' + n)})" for n in _FIELD_NAMES]
+    lines.append("    return new")
+    namespace = _copier_namespace()
+    exec("\n".join(lines), namespace)
+    return namespace["advance_step"]  # type: ignore[no-any-return]
+
+
+advance_step = _make_stepper()
+"""``advance_step(state, consumer, step, micro_step)``: `advance` for the step functions."""
 """``update(state, **changes)``: an unvalidated `replace` for ftrain's own bookkeeping fields."""
 
 

@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ._batch import cast_floating, move
 from ._rng import mix, seed_step
-from ._state import TrainState, advance, check_live
+from ._state import TrainState, advance_step, check_live
 
 __all__ = [
     "apply_gradients",
@@ -63,7 +63,7 @@ def forward_backward(
     """
     check_live(state, "forward_backward")
     metrics = _forward_backward(state, batch, loss_scale)
-    return advance(state, "forward_backward", micro_step=state.micro_step + 1), metrics
+    return advance_step(state, "forward_backward", state.step, state.micro_step + 1), metrics
 
 
 def apply_gradients(state: TrainState) -> TrainState:
@@ -100,7 +100,7 @@ def apply_gradients(state: TrainState) -> TrainState:
         )
         raise ValueError(msg)
     _apply(state)
-    return advance(state, "apply_gradients", step=state.step + 1, micro_step=0)
+    return advance_step(state, "apply_gradients", state.step + 1, 0)
 
 
 def train_step(state: TrainState, batch: Any) -> tuple[TrainState, Metrics]:
@@ -130,7 +130,7 @@ def train_step(state: TrainState, batch: Any) -> tuple[TrainState, Metrics]:
     skipped = _apply(state)
     if skipped is not None:
         metrics["skipped"] = skipped
-    return advance(state, "train_step", step=state.step + 1, micro_step=0), metrics
+    return advance_step(state, "train_step", state.step + 1, 0), metrics
 
 
 def eval_step(state: TrainState, batch: Any) -> Metrics:

@@ -212,3 +212,23 @@ def test_plot_history_writes_a_png(tmp_path):
     assert out.read_bytes()[:4] == b"\x89PNG" and out.stat().st_size > 5000
     with pytest.raises(ValueError, match="at least one row"):
         ftrain.plot_history([], tmp_path / "x.png")
+
+
+def test_missing_optional_extras_name_the_extra(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_rich(name, *args, **kwargs):
+        if name.startswith(("rich", "torch.utils.tensorboard")):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_rich)
+    import importlib
+
+    monkeypatch.setattr(importlib, "import_module", lambda name: no_rich(name))
+    with pytest.raises(ImportError, match=r"pip install 'torch-ftrain\[rich\]'"):
+        RichProgressBar()
+    with pytest.raises(ImportError, match=r"torch-ftrain\[tensorboard\]"):
+        TensorBoardLogger("unused")(toy_state(), IntervalEnd(1, 0, {"train_loss": 1.0}))

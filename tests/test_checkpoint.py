@@ -265,3 +265,27 @@ def test_callback_state_must_be_plain_data(tmp_path):
     state = ftrain.testing.toy_state().replace(callback_state={"mine": object()})
     with pytest.raises(TypeError, match="plain data"):
         ftrain.save(state, tmp_path / "a.ckpt")
+
+
+def test_mid_epoch_resume_never_loads_the_skipped_batches(tmp_path):
+    from torch.utils.data import DataLoader, Dataset
+
+    class Counting(Dataset):
+        def __init__(self, inner):
+            self.inner, self.fetched = inner, []
+
+        def __len__(self):
+            return len(self.inner)
+
+        def __getitem__(self, i):
+            self.fetched.append(i)
+            return self.inner[i]
+
+    train, _ = make_loaders()  # 96 samples, batch 16: 6 batches per epoch
+    first, _ = ftrain.fit(make_classifier(), train, max_steps=4)
+    ftrain.save(first, tmp_path / "a.ckpt")
+    counting = Counting(train.dataset)
+    loader = DataLoader(counting, batch_size=16, shuffle=True)
+    resumed = ftrain.load(make_classifier(), tmp_path / "a.ckpt")
+    resumed, _ = ftrain.fit(resumed, loader, max_epochs=1)
+    assert resumed.step == 6 and len(counting.fetched) == 32  # 2 batches, not 6
