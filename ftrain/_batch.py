@@ -22,6 +22,12 @@ def move(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
         TypeError: a leaf is an object that holds tensors ftrain cannot see into (it names the
             path and the type, and how to fix it).
     """
+    if (
+        device.type == "cpu"
+        and type(batch) is tuple
+        and all(type(t) is _Tensor and t.is_cpu for t in batch)
+    ):
+        return batch  # the common CPU case: nothing to move, no new objects
     return _move(batch, device, non_blocking, "batch")
 
 
