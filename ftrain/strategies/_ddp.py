@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import attrs
 import torch
 from torch import nn
@@ -70,13 +72,19 @@ class DDP:
     def rewrap(self, model: nn.Module) -> nn.Module:
         """Wrap ``model`` in `DistributedDataParallel` (it broadcasts rank 0's weights)."""
         device = next(model.parameters()).device
+        # torch 2.14 renamed `broadcast_buffers` to `forward_sync_buffers`; older ones lack it.
+        sync = (
+            "forward_sync_buffers"
+            if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+            else "broadcast_buffers"
+        )
         return DistributedDataParallel(
             model,
             device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=self.find_unused_parameters,
-            broadcast_buffers=self.broadcast_buffers,
             gradient_as_bucket_view=self.gradient_as_bucket_view,
             static_graph=self.static_graph,
+            **{sync: self.broadcast_buffers},  # type: ignore[arg-type]
         )
 
     def reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
