@@ -127,6 +127,15 @@ def load(state: TrainState, path: str | os.PathLike[str]) -> TrainState:
     Raises:
         CheckpointError: the file is missing, truncated, corrupt, not an ftrain checkpoint, from
             a newer format version, or does not match the template.
+
+    Example:
+        >>> import os, tempfile, ftrain
+        >>> state, _ = ftrain.train_step(ftrain.testing.toy_state(), ftrain.testing.toy_batch())
+        >>> path = ftrain.save(state, os.path.join(tempfile.mkdtemp(), "step-1.ckpt"))
+        >>> template = ftrain.testing.toy_state()
+        >>> restored = ftrain.load(template, path)
+        >>> restored.step, template.is_live
+        (1, False)
     """
     check_live(state, "load")
     data = read_checkpoint(path)

@@ -78,6 +78,14 @@ def train_epoch(
     Raises:
         ValueError: the loader yielded no batch, or an argument is out of range.
         NonFiniteError: the loss became NaN or infinite (checked at each log interval).
+
+    Example:
+        >>> import ftrain
+        >>> state = ftrain.testing.toy_state()
+        >>> batches = [ftrain.testing.toy_batch(seed=i) for i in range(3)]
+        >>> state, logs = ftrain.train_epoch(state, batches)
+        >>> state.epoch, state.step, sorted(logs)
+        (1, 3, ['epoch_time', 'lr', 'samples_per_sec', 'train_loss'])
     """
     check_live(state, "train_epoch")
     _check_positive("log_every_n_steps", log_every_n_steps)

@@ -94,6 +94,12 @@ class TensorBoardLogger:
 
     Args:
         log_dir: the run directory TensorBoard reads (``tensorboard --logdir``).
+
+    Example:
+        >>> import tempfile, ftrain
+        >>> tb = ftrain.callbacks.TensorBoardLogger(tempfile.mkdtemp())
+        >>> state = tb(ftrain.testing.toy_state(), ftrain.IntervalEnd(10, 0, {"train_loss": 0.5}))
+        >>> state = tb(state, ftrain.FitEnd(10, 1, ()))
     """
 
     def __init__(self, log_dir: str | os.PathLike[str]):

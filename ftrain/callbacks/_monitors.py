@@ -98,6 +98,12 @@ class Timer:
 
     Time used by earlier `fit` calls is kept in ``state.callback_state[name]`` (so a resumed run
     counts it). The clock is read on every step (a cheap host clock, no device sync).
+
+    Example:
+        >>> import ftrain
+        >>> timer = ftrain.callbacks.Timer(max_time="00:01:00:00")  # one hour
+        >>> timer.max_seconds
+        3600.0
     """
 
     def __init__(self, max_time: timedelta | float | str, name: str = "timer"):

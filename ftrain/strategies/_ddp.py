@@ -42,6 +42,11 @@ class DDP:
         static_graph: passed to `DistributedDataParallel`.
         backend: the process-group backend (default: nccl on CUDA, gloo otherwise).
         timeout_s: the process-group timeout: a collective stuck longer than this fails the job.
+
+    Example:
+        >>> import ftrain
+        >>> state = ftrain.place(ftrain.testing.toy_state(), ftrain.DDP())  # doctest: +SKIP
+        >>> # run under: torchrun --nproc_per_node=2 train.py
     """
 
     precision: str = attrs.field(default="32-true", validator=check_precision)

@@ -38,6 +38,11 @@ class FSDP:
         cpu_offload: keep sharded parameters and optimizer state in CPU memory.
         backend: as for `DDP`.
         timeout_s: as for `DDP`.
+
+    Example:
+        >>> import ftrain
+        >>> strategy = ftrain.FSDP(precision="bf16-mixed", reshard_after_forward=True)
+        >>> state = ftrain.place(ftrain.testing.toy_state(), strategy)  # doctest: +SKIP
     """
 
     shard: Sequence[type[nn.Module]] | None = None
