@@ -9,10 +9,71 @@ from typing import Any, TextIO
 from .._events import EpochEnd, EpochStart, EvalEnd, FitEnd, StepEnd
 from .._state import TrainState
 
-__all__ = ["ProgressBar"]
+__all__ = ["EpochBar", "ProgressBar"]
 
 
-class ProgressBar:
+class EpochBar:
+    """What every progress bar shares: event dispatch, throughput and the refresh timer.
+
+    Subclasses draw: `_open` an epoch's bar, `_show` progress, `_close` it, `_write` a line.
+    """
+
+    def __init__(self, refresh_rate: float = 0.2):
+        if refresh_rate < 0:
+            msg = f"`refresh_rate` must be >= 0 seconds (got {refresh_rate!r})."
+            raise ValueError(msg)
+        self.refresh_rate = refresh_rate
+        self._open_bar = False
+        self._pending = 0
+        self._samples = 0
+        self._t0 = self._last = 0.0
+
+    def __call__(self, state: TrainState, event: Any) -> TrainState:
+        if state.rank != 0:
+            return state
+        if isinstance(event, StepEnd):
+            self._pending += 1
+            self._samples += event.batch_size
+            now = time.perf_counter()
+            if self._open_bar and now - self._last >= self.refresh_rate:
+                # The one sync per refresh: the bar shows the latest batch's loss.
+                loss = float(event.metrics["loss"]) if "loss" in event.metrics else float("nan")
+                self._show(self._pending, loss, self._samples / max(now - self._t0, 1e-9))
+                self._pending, self._last = 0, now
+        elif isinstance(event, EpochStart):
+            self._end_bar()
+            self._open(event)
+            self._open_bar = True
+            self._pending = self._samples = 0
+            self._t0 = self._last = time.perf_counter()
+        elif isinstance(event, EpochEnd):
+            self._end_bar()
+            self._write(f"epoch {event.epoch}: " + _fmt(event.metrics))
+        elif isinstance(event, EvalEnd):
+            self._write(f"epoch {event.epoch} step {event.step}: " + _fmt(event.metrics))
+        elif isinstance(event, FitEnd):
+            self._end_bar()
+        return state
+
+    def _end_bar(self) -> None:
+        if self._open_bar:
+            self._close(self._pending)
+            self._open_bar, self._pending = False, 0
+
+    def _open(self, event: EpochStart) -> None:
+        raise NotImplementedError
+
+    def _show(self, advance: int, loss: float, rate: float) -> None:
+        raise NotImplementedError
+
+    def _close(self, advance: int) -> None:
+        raise NotImplementedError
+
+    def _write(self, text: str) -> None:
+        raise NotImplementedError
+
+
+class ProgressBar(EpochBar):
     """Show a tqdm progress bar per epoch with the loss and throughput.
 
     An observer: it returns the state unchanged and does I/O (only on rank 0). The loss shown is
@@ -30,42 +91,14 @@ class ProgressBar:
     """
 
     def __init__(self, refresh_rate: float = 0.2, file: TextIO | None = None, leave: bool = True):
-        if refresh_rate < 0:
-            msg = f"`refresh_rate` must be >= 0 seconds (got {refresh_rate!r})."
-            raise ValueError(msg)
-        self.refresh_rate = refresh_rate
+        super().__init__(refresh_rate)
         self.file = file
         self.leave = leave
         self._bar: Any = None
-        self._pending = 0
-        self._samples = 0
-        self._last = 0.0
-        self._t0 = 0.0
-
-    def __call__(self, state: TrainState, event: Any) -> TrainState:
-        if state.rank != 0:
-            return state
-        if isinstance(event, StepEnd):
-            self._pending += 1
-            self._samples += event.batch_size
-            now = time.perf_counter()
-            if now - self._last >= self.refresh_rate and self._bar is not None:
-                self._refresh(event, now)
-        elif isinstance(event, EpochStart):
-            self._open(event)
-        elif isinstance(event, EpochEnd):
-            self._close()
-            self._write(f"epoch {event.epoch}: " + _fmt(event.metrics))
-        elif isinstance(event, EvalEnd):
-            self._write(f"epoch {event.epoch} step {event.step}: " + _fmt(event.metrics))
-        elif isinstance(event, FitEnd):
-            self._close()
-        return state
 
     def _open(self, event: EpochStart) -> None:
         from tqdm.auto import tqdm
 
-        self._close()
         self._bar = tqdm(
             total=event.num_batches,
             initial=event.first_batch,
@@ -74,24 +107,15 @@ class ProgressBar:
             leave=self.leave,
             dynamic_ncols=True,
         )
-        self._pending = self._samples = 0
-        self._t0 = self._last = time.perf_counter()
 
-    def _refresh(self, event: StepEnd, now: float) -> None:
-        # The one sync per refresh: the bar shows the latest batch's loss.
-        loss = float(event.metrics["loss"]) if "loss" in event.metrics else float("nan")
-        self._bar.update(self._pending)
-        self._pending = 0
-        rate = self._samples / max(now - self._t0, 1e-9)
+    def _show(self, advance: int, loss: float, rate: float) -> None:
+        self._bar.update(advance)
         self._bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{rate:,.0f}", refresh=False)
-        self._last = now
 
-    def _close(self) -> None:
-        if self._bar is not None:
-            self._bar.update(self._pending)
-            self._pending = 0
-            self._bar.close()
-            self._bar = None
+    def _close(self, advance: int) -> None:
+        self._bar.update(advance)
+        self._bar.close()
+        self._bar = None
 
     def _write(self, text: str) -> None:
         from tqdm.auto import tqdm
