@@ -1,4 +1,4 @@
-"""The training of ``mnist.py`` written as your own loop from ftrain's step functions.
+"""``mnist.py``'s model and data, trained by your own loop made of ftrain's step functions.
 
 No `fit`: the loop below is all there is. It shows the pieces `fit` is made of (`train_step`,
 `eval_epoch`, `prepare_loader`) and where your own logic goes: here a hand-written early stop
