@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 from datetime import timedelta
 from typing import Any
@@ -40,8 +41,17 @@ def init_from_env(backend: str | None, timeout_s: float) -> tuple[int, int, torc
         dist.init_process_group(
             backend=backend or ("nccl" if cuda else "gloo"), timeout=timedelta(seconds=timeout_s)
         )
+        # The group ftrain started, ftrain tears down: left to interpreter shutdown, the
+        # backend's threads can abort the process ("terminate called without an active
+        # exception") after training finished.
+        atexit.register(_destroy_group)
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     return dist.get_rank(), dist.get_world_size(), device
+
+
+def _destroy_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
