@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -54,7 +55,9 @@ def test_cuda_steps_run_under_sync_debug_mode_error():
     loader = ftrain.prepare_loader(state, train)
     batches = [ftrain.move(b, state.device) for b in loader]
     torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
+    with warnings.catch_warnings():  # torch warns that the mode is a prototype
+        warnings.simplefilter("ignore", UserWarning)
+        torch.cuda.set_sync_debug_mode("error")
     try:
         for batch in batches:
             state, _ = ftrain.train_step(state, batch)
