@@ -22,12 +22,14 @@ def move(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
         TypeError: a leaf is an object that holds tensors ftrain cannot see into (it names the
             path and the type, and how to fix it).
     """
-    if (
-        device.type == "cpu"
-        and type(batch) is tuple
-        and all(type(t) is _Tensor and t.is_cpu for t in batch)
-    ):
-        return batch  # the common CPU case: nothing to move, no new objects
+    kind = type(batch)
+    if (kind is tuple or kind is list) and device.type == "cpu":
+        # The common CPU case, (inputs, targets) already in place: nothing to move, no new objects.
+        for t in batch:
+            if type(t) is not _Tensor or not t.is_cpu:
+                break
+        else:
+            return batch
     return _move(batch, device, non_blocking, "batch")
 
 
@@ -75,6 +77,11 @@ def batch_size(batch: Any) -> int:
     Raises:
         ValueError: the batch holds no tensor with a leading dimension.
     """
+    kind = type(batch)
+    if kind is tuple or kind is list:  # the common (inputs, targets) batch
+        first = batch[0] if batch else None
+        if type(first) is _Tensor and first.ndim > 0:
+            return first.shape[0]
     n = _first_dim(batch)
     if n is None:
         msg = (

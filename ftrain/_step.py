@@ -266,6 +266,8 @@ def _split(out: Any) -> tuple[torch.Tensor, Mapping[str, Any]]:
 
 def _metrics(loss: torch.Tensor, extra: Mapping[str, Any]) -> Metrics:
     metrics = {"loss": loss.detach()}
+    if not extra:
+        return metrics
     for k, v in extra.items():
         metrics[k] = v.detach() if isinstance(v, torch.Tensor) else v
     return metrics
