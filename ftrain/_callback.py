@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable, Sequence
-from functools import reduce
 from typing import Any
 
 import attrs
@@ -26,7 +25,12 @@ class _Chain:
     callbacks: tuple[Callback, ...]
 
     def __call__(self, state: TrainState, event: Any) -> TrainState:
-        return reduce(lambda s, cb: _checked(cb(s, event), cb, event), self.callbacks, state)
+        for cb in self.callbacks:
+            new = cb(state, event)
+            if type(new) is not TrainState:
+                _not_a_state(new, cb, event)
+            state = new
+        return state
 
 
 def chain(*callbacks: Callback) -> Callback:
@@ -43,6 +47,8 @@ def chain(*callbacks: Callback) -> Callback:
         >>> seen
         ['FitStart', 'FitStart']
     """
+    if len(callbacks) == 1 and isinstance(callbacks[0], _Chain):
+        return callbacks[0]
     flat: list[Callback] = []
     for cb in check_callbacks(callbacks, "chain"):
         flat.extend(cb.callbacks if isinstance(cb, _Chain) else (cb,))
@@ -144,6 +150,9 @@ def when(predicate: Callable[[TrainState, Any], bool], callback: Callback) -> Ca
     return _When(predicate, callback)
 
 
+_COMBINATORS = (_Chain, _On, _Every, _When)
+
+
 def check_callbacks(
     callbacks: Iterable[Any], where: str, *, what: str = "callback"
 ) -> Sequence[Callback]:
@@ -159,6 +168,9 @@ def check_callbacks(
                 f"(got {type(cb).__name__} {cb!r})."
             )
             raise CallbackSignatureError(msg)
+        if isinstance(cb, _COMBINATORS):  # built by chain/on/every/when: checked then
+            out.append(cb)
+            continue
         try:
             sig = inspect.signature(cb)
         except (TypeError, ValueError):
@@ -176,12 +188,10 @@ def check_callbacks(
     return out
 
 
-def _checked(result: Any, cb: Any, event: Any) -> TrainState:
-    if type(result) is not TrainState:
-        name = getattr(cb, "__name__", type(cb).__name__)
-        msg = (
-            f"callback {name!r} must return a TrainState (got {type(result).__name__} on "
-            f"{type(event).__name__}). An observer returns the state it was given."
-        )
-        raise CallbackSignatureError(msg)
-    return result
+def _not_a_state(result: Any, cb: Any, event: Any) -> None:
+    name = getattr(cb, "__name__", type(cb).__name__)
+    msg = (
+        f"callback {name!r} must return a TrainState (got {type(result).__name__} on "
+        f"{type(event).__name__}). An observer returns the state it was given."
+    )
+    raise CallbackSignatureError(msg)

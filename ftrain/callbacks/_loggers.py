@@ -51,7 +51,7 @@ class CSVLogger:
         self._append = append
 
     def __call__(self, state: TrainState, event: Any) -> TrainState:
-        if state.rank != 0 or not isinstance(event, _LOGGED):
+        if type(event) not in _LOGGED or state.rank != 0:
             return state
         if not self._started:
             self._start()

@@ -23,27 +23,26 @@ class EpochBar:
             msg = f"`refresh_rate` must be >= 0 seconds (got {refresh_rate!r})."
             raise ValueError(msg)
         self.refresh_rate = refresh_rate
-        self._open_bar = False
+        self._epoch: EpochStart | None = None  # the open epoch (rank 0 only)
+        self._shown = False  # whether its bar was drawn yet
         self._pending = 0
         self._samples = 0
         self._t0 = self._last = 0.0
 
     def __call__(self, state: TrainState, event: Any) -> TrainState:
+        if type(event) is StepEnd:  # the per-step path: a few comparisons, no device read
+            if self._epoch is not None:
+                self._pending += 1
+                self._samples += event.batch_size
+                now = time.perf_counter()
+                if now - self._last >= self.refresh_rate:
+                    self._refresh(event, now)
+            return state
         if state.rank != 0:
             return state
-        if isinstance(event, StepEnd):
-            self._pending += 1
-            self._samples += event.batch_size
-            now = time.perf_counter()
-            if self._open_bar and now - self._last >= self.refresh_rate:
-                # The one sync per refresh: the bar shows the latest batch's loss.
-                loss = float(event.metrics["loss"]) if "loss" in event.metrics else float("nan")
-                self._show(self._pending, loss, self._samples / max(now - self._t0, 1e-9))
-                self._pending, self._last = 0, now
-        elif isinstance(event, EpochStart):
+        if isinstance(event, EpochStart):
             self._end_bar()
-            self._open(event)
-            self._open_bar = True
+            self._epoch, self._shown = event, False
             self._pending = self._samples = 0
             self._t0 = self._last = time.perf_counter()
         elif isinstance(event, EpochEnd):
@@ -55,10 +54,22 @@ class EpochBar:
             self._end_bar()
         return state
 
+    def _refresh(self, event: StepEnd, now: float) -> None:
+        # The bar is drawn at the first refresh, so an epoch shorter than `refresh_rate` costs
+        # no bar at all (its summary line is still printed).
+        if not self._shown:
+            assert self._epoch is not None
+            self._open(self._epoch)
+            self._shown = True
+        # The one sync per refresh: the bar shows the latest batch's loss.
+        loss = float(event.metrics["loss"]) if "loss" in event.metrics else float("nan")
+        self._show(self._pending, loss, self._samples / max(now - self._t0, 1e-9))
+        self._pending, self._last = 0, now
+
     def _end_bar(self) -> None:
-        if self._open_bar:
+        if self._epoch is not None and self._shown:
             self._close(self._pending)
-            self._open_bar, self._pending = False, 0
+        self._epoch, self._shown, self._pending = None, False, 0
 
     def _open(self, event: EpochStart) -> None:
         raise NotImplementedError
@@ -78,7 +89,9 @@ class ProgressBar(EpochBar):
 
     An observer: it returns the state unchanged and does I/O (only on rank 0). The loss shown is
     read from the device at most once per ``refresh_rate`` seconds (one host sync per refresh),
-    never on every step. Epoch and validation summaries are printed when they arrive.
+    never on every step. The bar is drawn at the first refresh, ``refresh_rate`` seconds into an
+    epoch, so an epoch shorter than that prints only its summary line. Epoch and validation
+    summaries are printed when they arrive.
 
     Args:
         refresh_rate: seconds between bar updates.

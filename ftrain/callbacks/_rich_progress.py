@@ -14,8 +14,9 @@ __all__ = ["RichProgressBar"]
 class RichProgressBar(EpochBar):
     """A rich progress bar per epoch with loss and throughput; same contract as `ProgressBar`.
 
-    The loss is read from the device at most once per ``refresh_rate`` seconds. An observer
-    that does I/O, on rank 0 only.
+    The loss is read from the device at most once per ``refresh_rate`` seconds, and the bar is
+    drawn at the first refresh (an epoch shorter than ``refresh_rate`` prints only its summary).
+    An observer that does I/O, on rank 0 only.
 
     Args:
         refresh_rate: seconds between updates.
