@@ -1,24 +1,28 @@
 """Per-step overhead of ftrain against a hand-written PyTorch loop.
 
-Every contender trains the same model on the same data with the same optimizer. They run in one
-process and take turns epoch by epoch (so machine noise hits them alike); each turn is timed and
-the median over turns is reported, with the ratio to the raw loop measured in the same run.
+Every contender trains the same model on the same data with the same optimizer. In one process
+(the default) the runners each run in a thread and take turns every few batches, handing on a
+baton from the loader's ``collate_fn``, so machine noise hits them alike; an epoch of each runner
+(its turns summed, epoch-end work included) is one sample, and the median over epochs of the
+ratio to the raw loop's same epoch is reported.
 
     python benchmarks/overhead.py                      # tiny MLP, batch 64 (overhead-bound)
     python benchmarks/overhead.py --workload cnn       # small CNN on 28x28 images
-    python benchmarks/overhead.py --workload mlp-big   # compute-bound MLP
-    python benchmarks/overhead.py --device cuda        # the same on a GPU
+    python benchmarks/overhead.py --workload mlp-big   # compute-bound MLP (CPU)
+    python benchmarks/overhead.py --device cuda --precision bf16-mixed [--compile]
     python benchmarks/overhead.py --subprocess --peers # each runner in a fresh process, with
                                                        # Lightning/Accelerate/Ignite if installed
 
 With ``--subprocess`` every runner trains in a fresh process per round (rounds interleave the
-runners); each reports its median per-step time over its epochs, its start-up time (building
-the trainer or state up to the end of the first epoch, minus a steady epoch) and its peak RSS.
+runners); each reports its median per-epoch time per step, its start-up time (building the
+trainer or state up to the end of the first epoch, minus a steady epoch) and its peak memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import os
 import platform
 import statistics
@@ -29,7 +33,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset, default_collate
 
 import ftrain
 
@@ -38,7 +42,18 @@ WORKLOADS = {
     "tiny": ((32,), 64, 64, 64 * 50),
     "cnn": ((1, 28, 28), 0, 64, 64 * 20),
     "mlp-big": ((2048,), 4096, 256, 256 * 6),
+    "mlp-large": ((2048,), 8192, 2048, 2048 * 10),  # compute-bound on a GPU
 }
+
+# Fixed allocator behaviour for every runner (set before start-up; `main` re-executes itself).
+MALLOC_ENV = {
+    "MALLOC_ARENA_MAX": "1",
+    "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(64 << 30),
+}
+
+Collate = Callable[[list[Any]], Any]
+Train = Callable[[int], None]  # train(epochs)
 
 
 def build_model(workload: str) -> nn.Module:
@@ -55,7 +70,7 @@ def build_model(workload: str) -> nn.Module:
     )  # fmt: skip
 
 
-def make_loader(workload: str, device: str) -> DataLoader:
+def make_loader(workload: str, device: str, collate: Collate = default_collate) -> DataLoader:
     shape, _, batch, n = WORKLOADS[workload]
     g = torch.Generator().manual_seed(0)
     ds = TensorDataset(torch.randn(n, *shape, generator=g), torch.randint(0, 10, (n,), generator=g))
@@ -63,39 +78,46 @@ def make_loader(workload: str, device: str) -> DataLoader:
         ds,
         batch_size=batch,
         shuffle=True,
-        pin_memory=device == "cuda",
+        pin_memory=device.startswith("cuda"),
         generator=torch.Generator().manual_seed(1),
+        collate_fn=collate,
     )
 
 
 def sync(device: str) -> None:
-    if device == "cuda":
+    if device.startswith("cuda"):
         torch.cuda.synchronize()
 
 
-def raw_runner(workload: str, device: str) -> Callable[[], int]:
+def raw_runner(
+    workload: str, device: str, precision: str, compile: bool, collate: Collate
+) -> Train:
     torch.manual_seed(0)
     model = build_model(workload).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    forward = torch.compile(model) if compile else model
     crit = nn.CrossEntropyLoss()
-    loader = make_loader(workload, device)
+    loader = make_loader(workload, device, collate)
+    dev = torch.device(device)
+    cast = precision == "bf16-mixed"
 
-    def epoch() -> int:
-        losses = []
-        for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = crit(model(x), y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(loss.detach())
-        torch.stack(losses).mean().item()  # one sync per epoch, as a careful user would
-        return len(losses)
+    def train(epochs: int) -> None:
+        for _ in range(epochs):
+            losses = []
+            for x, y in loader:
+                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                with torch.autocast(dev.type, torch.bfloat16) if cast else contextlib.nullcontext():
+                    loss = crit(forward(x), y)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                losses.append(loss.detach())
+            torch.stack(losses).mean().item()  # one sync per epoch, as a careful user would
 
-    return epoch
+    return train
 
 
-def ftrain_state(workload: str, device: str) -> ftrain.TrainState:
+def ftrain_state(workload: str, device: str, precision: str, compile: bool) -> ftrain.TrainState:
     torch.manual_seed(0)
     crit = nn.CrossEntropyLoss()
     state = ftrain.TrainState.create(
@@ -103,90 +125,115 @@ def ftrain_state(workload: str, device: str) -> ftrain.TrainState:
         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3),
         loss_fn=lambda model, batch: crit(model(batch[0]), batch[1]),
     )
-    return ftrain.place(state, device)
+    return ftrain.place(state, ftrain.SingleDevice(device, precision=precision, compile=compile))
 
 
-def step_runner(workload: str, device: str) -> Callable[[], int]:
-    box = [ftrain_state(workload, device)]
-    loader = ftrain.prepare_loader(box[0], make_loader(workload, device))
+def step_runner(
+    workload: str, device: str, precision: str, compile: bool, collate: Collate
+) -> Train:
+    state = ftrain_state(workload, device, precision, compile)
+    loader = ftrain.prepare_loader(state, make_loader(workload, device, collate))
 
-    def epoch() -> int:
-        state, losses = box[0], []
-        loader.sampler.set_epoch(state.epoch)
-        for batch in loader:
-            state, metrics = ftrain.train_step(state, batch)
-            losses.append(metrics["loss"])
-        torch.stack(losses).mean().item()
-        box[0] = state.replace(epoch=state.epoch + 1)
-        return len(losses)
+    def train(epochs: int) -> None:
+        nonlocal state
+        for _ in range(epochs):
+            loader.sampler.set_epoch(state.epoch)  # type: ignore[attr-defined]
+            losses = []
+            for batch in loader:
+                state, metrics = ftrain.train_step(state, batch)
+                losses.append(metrics["loss"])
+            torch.stack(losses).mean().item()
+            state = state.replace(epoch=state.epoch + 1)
 
-    return epoch
+    return train
 
 
-def fit_runner(workload: str, device: str, callbacks: Any = ()) -> Callable[[], int]:
-    box = [ftrain_state(workload, device)]
-    loader = make_loader(workload, device)
+def fit_runner(
+    workload: str,
+    device: str,
+    precision: str,
+    compile: bool,
+    collate: Collate,
+    callbacks: Any = (),
+) -> Train:
+    state = ftrain_state(workload, device, precision, compile)
+    loader = make_loader(workload, device, collate)
 
-    def epoch() -> int:
-        before = box[0].step
-        box[0], _ = ftrain.fit(box[0], loader, callbacks, max_epochs=box[0].epoch + 1)
-        return box[0].step - before
+    def train(epochs: int) -> None:
+        ftrain.fit(state, loader, callbacks, max_epochs=epochs)
 
-    return epoch
+    return train
 
 
 PEERS = ("lightning", "accelerate", "ignite")
 FTRAIN = ("raw loop", "train_step loop", "fit", "fit + ProgressBar + CSVLogger")
 
 
-def child(runner: str, workload: str, device: str, epochs: int) -> None:
-    """Run one runner for ``epochs`` timed epochs after a warm-up; print JSON to stdout."""
+def make_runner(name: str, args: argparse.Namespace, collate: Collate, out: str) -> Train:
+    from ftrain.callbacks import CSVLogger, ProgressBar
+
+    opts = (args.workload, args.device, args.precision, args.compile, collate)
+    if name == "raw loop":
+        return raw_runner(*opts)
+    if name == "train_step loop":
+        return step_runner(*opts)
+    if name == "fit":
+        return fit_runner(*opts)
+    if name == "fit + ProgressBar + CSVLogger":
+        devnull = open(os.devnull, "w")  # noqa: SIM115 - lives for the whole run
+        return fit_runner(*opts, callbacks=[ProgressBar(file=devnull), CSVLogger(out)])
+    import importlib
+
+    peers = importlib.import_module("peers")
+    torch.manual_seed(0)
+    model = build_model(args.workload)
+    if args.compile:
+        model = torch.compile(model)  # type: ignore[assignment]
+    loader = make_loader(args.workload, args.device, collate)
+    peer = getattr(peers, name)
+    return lambda epochs: peer(
+        model, lambda p: torch.optim.AdamW(p, lr=1e-3), loader, epochs, args.device,
+        args.precision,
+    )  # fmt: skip
+
+
+def child(args: argparse.Namespace) -> None:
+    """Run one runner for ``1 + epochs`` epochs; print JSON to stdout.
+
+    Epochs are timed from the first batch of one to the first batch of the next (the collate
+    function takes the time), so every runner, the peers included, is timed the same way.
+    """
     import json
     import resource
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     # Pay torch's lazy imports (the first optimizer imports torch._dynamo) outside the timing.
     warm = nn.Linear(2, 2)
     torch.optim.AdamW(warm.parameters()).step()
+    steps = len(make_loader(args.workload, args.device))
+    marks: list[float] = []
+    count = [0]
+
+    def collate(items: list[Any]) -> Any:
+        if count[0] % steps == 0:
+            sync(args.device)
+            marks.append(time.perf_counter())
+        count[0] += 1
+        return default_collate(items)
+
     t_start = time.perf_counter()
-    if runner in PEERS:
-        import importlib
-
-        peers = importlib.import_module("peers")
-        torch.manual_seed(0)
-        model = build_model(workload).to(device)
-        times = getattr(peers, runner)(
-            model, lambda p: torch.optim.AdamW(p, lr=1e-3), make_loader(workload, device), epochs
-        )
-        steps = len(make_loader(workload, device))
-        per_step = [t / steps for t in times]
-        startup = time.perf_counter() - t_start - sum(times)
+    train = make_runner(args.child, args, collate, tempfile.mkdtemp())
+    train(1 + args.epochs)
+    sync(args.device)
+    marks.append(time.perf_counter())
+    epochs = [b - a for a, b in itertools.pairwise(marks)]
+    per_step = [t / steps for t in epochs[1:]]
+    startup = marks[0] - t_start + epochs[0] - statistics.median(epochs[1:])
+    if args.device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated() / 2**20
     else:
-        out = tempfile.mkdtemp()
-        from ftrain.callbacks import CSVLogger, ProgressBar
-
-        cbs = [ProgressBar(file=open(os.devnull, "w")), CSVLogger(out)]  # noqa: SIM115
-        make = {
-            "raw loop": lambda: raw_runner(workload, device),
-            "train_step loop": lambda: step_runner(workload, device),
-            "fit": lambda: fit_runner(workload, device),
-            "fit + ProgressBar + CSVLogger": lambda: fit_runner(workload, device, cbs),
-        }[runner]
-        epoch = make()
-        t0 = time.perf_counter()
-        steps = epoch()
-        first = time.perf_counter() - t0
-        per_step = []
-        for _ in range(epochs):
-            sync(device)
-            t0 = time.perf_counter()
-            steps = epoch()
-            sync(device)
-            per_step.append((time.perf_counter() - t0) / steps)
-        startup = time.perf_counter() - t_start - sum(p * steps for p in per_step) - first
-        startup += first - statistics.median(per_step) * steps
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"per_step": statistics.median(per_step), "startup": startup, "rss_mb": rss}))
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"per_step": statistics.median(per_step), "startup": startup, "peak": peak}))
 
 
 def subprocess_rounds(args: argparse.Namespace) -> None:
@@ -200,37 +247,33 @@ def subprocess_rounds(args: argparse.Namespace) -> None:
         runners += [p for p in PEERS if importlib.util.find_spec(p) is not None]
     env = {
         **os.environ,
-        "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
-        "MALLOC_TRIM_THRESHOLD_": str(64 << 30),
-        "PYTHONPATH": os.path.dirname(__file__),
+        **MALLOC_ENV,
+        "PYTHONPATH": os.pathsep.join(
+            [os.path.dirname(__file__), *filter(None, [os.environ.get("PYTHONPATH")])]
+        ),
     }
     results: dict[str, list[dict[str, float]]] = {r: [] for r in runners}
     for r in range(args.rounds):
         for name in runners if r % 2 == 0 else list(reversed(runners)):
             cmd = [
-                sys.executable,
-                __file__,
-                "--child",
-                name,
-                "--workload",
-                args.workload,
-                "--device",
-                args.device,
-                "--epochs",
-                str(args.epochs),
-            ]
+                sys.executable, __file__, "--child", name, "--workload", args.workload,
+                "--device", args.device, "--epochs", str(args.epochs), "--precision",
+                args.precision, "--threads", str(args.threads),
+                *(["--compile"] if args.compile else []),
+            ]  # fmt: skip
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
             if proc.returncode != 0:
                 raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
             results[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
     raw = [x["per_step"] for x in results["raw loop"]]
+    memory = "peak GPU MB" if args.device.startswith("cuda") else "peak RSS MB"
     print(
-        f"workload={args.workload} device={args.device} rounds={args.rounds} "
-        f"epochs={args.epochs} torch={torch.__version__} python={platform.python_version()}"
+        f"workload={args.workload} device={args.device} precision={args.precision} "
+        f"compile={args.compile} rounds={args.rounds} epochs={args.epochs} "
+        f"torch={torch.__version__} python={platform.python_version()}"
     )
     print(
-        "| runner | median µs/step | × raw (same-round ratios, median) "
-        "| start-up ms | peak RSS MB |"
+        f"| runner | median µs/step | × raw (same-round ratios, median) | start-up ms | {memory} |"
     )
     print("|---|---:|---:|---:|---:|")
     for name, xs in results.items():
@@ -239,8 +282,108 @@ def subprocess_rounds(args: argparse.Namespace) -> None:
             f"| {name} | {statistics.median(x['per_step'] for x in xs) * 1e6:,.0f} | "
             f"{statistics.median(ratios):.3f} | "
             f"{statistics.median(x['startup'] for x in xs) * 1e3:,.0f} | "
-            f"{statistics.median(x['rss_mb'] for x in xs):,.0f} |"
+            f"{statistics.median(x['peak'] for x in xs):,.0f} |"
         )
+
+
+class Turns:
+    """Runners take turns every ``k`` batches, each in its own thread, handing on a baton.
+
+    The baton is passed from the loader's ``collate_fn``, which every runner calls once per
+    batch (ftrain's `prepare_loader` keeps it), so every runner pays the same few microseconds
+    for it and ftrain's loops are timed unmodified. Each turn's wall time is recorded.
+    """
+
+    def __init__(self, names: list[str], k: int, device: str) -> None:
+        import threading
+
+        self.names, self.k, self.device = names, k, device
+        self.go = {n: threading.Event() for n in names}
+        self.done: set[str] = set()
+        self.turns: dict[str, list[float]] = {n: [] for n in names}
+        self.count = dict.fromkeys(names, 0)
+        self.t0 = dict.fromkeys(names, 0.0)
+        self.local = threading.local()
+
+    def collate(self, items: list[Any]) -> Any:
+        from torch.utils.data import default_collate
+
+        name = self.local.name
+        self.count[name] += 1
+        if self.count[name] % self.k == 0:
+            self.pass_on(name)
+        return default_collate(items)
+
+    def pass_on(self, name: str, finished: bool = False) -> None:
+        sync(self.device)
+        self.turns[name].append(time.perf_counter() - self.t0[name])
+        if finished:
+            self.done.add(name)
+        i = self.names.index(name)
+        for j in range(1, len(self.names) + 1):
+            nxt = self.names[(i + j) % len(self.names)]
+            if nxt not in self.done:
+                break
+        else:
+            return
+        if nxt == name:
+            return self.wait(name, restart=False)
+        self.go[name].clear()
+        self.go[nxt].set()
+        if not finished:
+            self.wait(name)
+
+    def wait(self, name: str, restart: bool = True) -> None:
+        if restart:
+            self.go[name].wait()
+        self.t0[name] = time.perf_counter()
+
+
+def in_process(args: argparse.Namespace) -> None:
+    import threading
+
+    torch.set_num_threads(args.threads)
+    out = tempfile.mkdtemp()
+    names = list(FTRAIN)
+    turns = Turns(names, args.turn, args.device)
+    epochs = args.warmup + args.rounds
+    bodies = {name: make_runner(name, args, turns.collate, out) for name in names}
+    steps = len(make_loader(args.workload, args.device))
+
+    def run(name: str) -> None:
+        turns.local.name = name
+        turns.wait(name)
+        bodies[name](epochs)
+        turns.pass_on(name, finished=True)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    turns.go[names[0]].set()
+    for t in threads:
+        t.join()
+    # One "round" is one epoch of every runner (its turns summed): epoch-end work is included.
+    if steps % args.turn:
+        raise SystemExit(f"--turn must divide the {steps} batches of an epoch")
+    per_epoch = steps // args.turn
+    rounds: dict[str, list[float]] = {}
+    for name, ts in turns.turns.items():
+        ts = ts[1:]  # the first turn ends at the first batch
+        sums = [sum(ts[i : i + per_epoch]) / steps for i in range(0, len(ts), per_epoch)]
+        rounds[name] = sums[args.warmup : args.warmup + args.rounds]
+    raw = rounds["raw loop"]
+    print(
+        f"workload={args.workload} device={args.device} precision={args.precision} "
+        f"compile={args.compile} threads={args.threads} rounds={args.rounds} turn={args.turn} "
+        f"torch={torch.__version__} python={platform.python_version()}"
+    )
+    print("| runner | median µs/step | × raw (medians) | × raw (same-round ratios, median) |")
+    print("|---|---:|---:|---:|")
+    med_raw = statistics.median(raw)
+    for name, ts in rounds.items():
+        med = statistics.median(ts)
+        paired = statistics.median(t / r for t, r in zip(ts, raw, strict=True))
+        print(f"| {name} | {med * 1e6:,.0f} | {med / med_raw:.3f} | {paired:.3f} |")
 
 
 def main() -> None:
@@ -251,48 +394,24 @@ def main() -> None:
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--workload", choices=sorted(WORKLOADS), default="tiny")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--rounds", type=int, default=30)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--precision", default="32-true", choices=("32-true", "bf16-mixed"))
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (all runners)")
+    p.add_argument("--rounds", type=int, default=30, help="timed epochs per runner")
+    p.add_argument("--warmup", type=int, default=3, help="untimed epochs per runner")
+    p.add_argument("--turn", type=int, default=5, help="batches per turn (in one process)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
+    if os.environ.get("MALLOC_ARENA_MAX") != "1":
+        # One malloc arena for every thread: with one arena per runner thread, runners running
+        # identical code differed by up to 2 % here, by which arena they happened to get.
+        import sys
+
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
     if args.child:
-        return child(args.child, args.workload, args.device, args.epochs)
+        return child(args)
     if args.subprocess:
         return subprocess_rounds(args)
-    torch.set_num_threads(args.threads)
-    out = tempfile.mkdtemp()
-    devnull = open(os.devnull, "w")  # noqa: SIM115 - lives for the whole run
-    from ftrain.callbacks import CSVLogger, ProgressBar
-
-    runners = {
-        "raw loop": raw_runner(args.workload, args.device),
-        "train_step loop": step_runner(args.workload, args.device),
-        "fit": fit_runner(args.workload, args.device),
-        "fit + ProgressBar + CSVLogger": fit_runner(
-            args.workload, args.device, [ProgressBar(file=devnull), CSVLogger(out)]
-        ),
-    }
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for r in range(args.warmup + args.rounds):
-        order = list(runners) if r % 2 == 0 else list(reversed(runners))
-        for name in order:
-            sync(args.device)
-            t0 = time.perf_counter()
-            steps = runners[name]()
-            sync(args.device)
-            if r >= args.warmup:
-                times[name].append((time.perf_counter() - t0) / steps)
-    raw = statistics.median(times["raw loop"])
-    print(
-        f"workload={args.workload} device={args.device} threads={args.threads} "
-        f"rounds={args.rounds} torch={torch.__version__} python={platform.python_version()}"
-    )
-    print("| runner | median µs/step | × raw (medians) | × raw (same-round ratios, median) |")
-    print("|---|---:|---:|---:|")
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        paired = statistics.median(t / r for t, r in zip(ts, times["raw loop"], strict=True))
-        print(f"| {name} | {med * 1e6:,.0f} | {med / raw:.3f} | {paired:.3f} |")
+    return in_process(args)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 """The same training with Lightning, Accelerate and Ignite, for `overhead.py --subprocess`.
 
-Each function takes (model, optimizer factory, loader, epochs) and returns the wall time of each
-epoch after the first (a warm-up). Imported only in a child process that runs that peer.
+Each function takes (model, optimizer factory, loader, epochs, device, precision) and trains;
+`overhead.py` times the epochs from the loader's collate function, the same way for every runner.
+Imported only in a child process that runs that peer.
 """
 
 from __future__ import annotations
 
-import time
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -15,11 +16,14 @@ from torch import nn
 
 
 def lightning(
-    model: nn.Module, make_opt: Callable[..., Any], loader: Any, epochs: int
-) -> list[float]:
+    model: nn.Module,
+    make_opt: Callable[..., Any],
+    loader: Any,
+    epochs: int,
+    device: str,
+    precision: str,
+) -> None:
     import lightning as L
-
-    times: list[float] = []
 
     class Module(L.LightningModule):
         def __init__(self) -> None:
@@ -34,32 +38,32 @@ def lightning(
         def configure_optimizers(self) -> Any:
             return make_opt(self.parameters())
 
-        def on_train_epoch_start(self) -> None:
-            self._t0 = time.perf_counter()
-
-        def on_train_epoch_end(self) -> None:
-            times.append(time.perf_counter() - self._t0)
-
     trainer = L.Trainer(
-        max_epochs=epochs + 1, accelerator="cpu", devices=1, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        max_epochs=epochs, accelerator="gpu" if device.startswith("cuda") else "cpu",
+        devices=1, precision=precision, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
     trainer.fit(Module(), loader)
-    return times[1:]
 
 
 def accelerate(
-    model: nn.Module, make_opt: Callable[..., Any], loader: Any, epochs: int
-) -> list[float]:
+    model: nn.Module,
+    make_opt: Callable[..., Any],
+    loader: Any,
+    epochs: int,
+    device: str,
+    precision: str,
+) -> None:
     from accelerate import Accelerator
 
-    acc = Accelerator(cpu=True)
+    acc = Accelerator(
+        cpu=not device.startswith("cuda"),
+        mixed_precision="bf16" if precision == "bf16-mixed" else "no",
+    )
     opt = make_opt(model.parameters())
     model, opt, loader = acc.prepare(model, opt, loader)
     crit = nn.CrossEntropyLoss()
-    times = []
-    for _ in range(epochs + 1):
-        t0 = time.perf_counter()
+    for _ in range(epochs):
         losses = []
         for x, y in loader:
             loss = crit(model(x), y)
@@ -68,21 +72,28 @@ def accelerate(
             opt.zero_grad(set_to_none=True)
             losses.append(loss.detach())
         torch.stack(losses).mean().item()
-        times.append(time.perf_counter() - t0)
-    return times[1:]
 
 
-def ignite(model: nn.Module, make_opt: Callable[..., Any], loader: Any, epochs: int) -> list[float]:
-    from ignite.engine import Events, create_supervised_trainer
+def ignite(
+    model: nn.Module,
+    make_opt: Callable[..., Any],
+    loader: Any,
+    epochs: int,
+    device: str,
+    precision: str,
+) -> None:
+    from ignite.engine import create_supervised_trainer
 
-    trainer = create_supervised_trainer(model, make_opt(model.parameters()), nn.CrossEntropyLoss())
-    times: list[float] = []
-    marks: dict[str, float] = {}
-    trainer.add_event_handler(
-        Events.EPOCH_STARTED, lambda e: marks.__setitem__("t", time.perf_counter())
-    )
-    trainer.add_event_handler(
-        Events.EPOCH_COMPLETED, lambda e: times.append(time.perf_counter() - marks["t"])
-    )
-    trainer.run(loader, max_epochs=epochs + 1)
-    return times[1:]
+    dev = torch.device(device)
+    model.to(dev)
+    bf16 = precision == "bf16-mixed"
+
+    def model_fn(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(dev.type, torch.bfloat16) if bf16 else contextlib.nullcontext():
+            return m(x)
+
+    trainer = create_supervised_trainer(
+        model, make_opt(model.parameters()), nn.CrossEntropyLoss(), device=dev,
+        non_blocking=True, model_fn=model_fn,
+    )  # fmt: skip
+    trainer.run(loader, max_epochs=epochs)
