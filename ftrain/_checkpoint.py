@@ -1,4 +1,7 @@
-"""`save` and `load`: one checkpoint file per run state, atomic and verified.
+"""`save` and `load`: one checkpoint per run state, atomic and verified.
+
+A checkpoint is one file, or, for a state placed with `FSDP` on several processes, a directory
+of shards (see ``ftrain/_sharded.py`` for its layout); `load` reads either into any placement.
 
 File layout (version 1)::
 
@@ -17,6 +20,7 @@ and never runs code.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import io
@@ -24,7 +28,7 @@ import os
 import struct
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,15 @@ import attrs
 import torch
 
 from ._errors import CheckpointError, NonFiniteError
+from ._sharded import (
+    STATE_FILE,
+    read_metadata,
+    remove,
+    safe_planner,
+    safe_reader,
+    verify_directory,
+    write_manifest,
+)
 from ._state import TrainState, advance, check_live
 
 __all__ = [
@@ -91,26 +104,83 @@ def save(state: TrainState, path: str | os.PathLike[str]) -> Path:
             f"({', '.join(bad[:5])}). The last good checkpoint is left as it was."
         )
         raise NonFiniteError(msg)
+    if _sharded(state):
+        return _save_sharded(state, target)
     payload_data = _payload(state)  # a collective under FSDP: every rank takes part
     if state.rank != 0:
         return target
-    buffer = io.BytesIO()
-    torch.save(payload_data, buffer)
-    payload = buffer.getvalue()
-    header = _HEADER.pack(MAGIC, FORMAT_VERSION, len(payload), hashlib.sha256(payload).digest())
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(header)
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
+            _write_record(f, payload_data)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(target.parent)
+    return target
+
+
+def _write_record(f: Any, data: dict[str, Any]) -> None:
+    """Write header + ``torch.save`` payload to an open binary file and fsync it."""
+    buffer = io.BytesIO()
+    torch.save(data, buffer)
+    payload = buffer.getvalue()
+    f.write(_HEADER.pack(MAGIC, FORMAT_VERSION, len(payload), hashlib.sha256(payload).digest()))
+    f.write(payload)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _sharded(state: TrainState) -> bool:
+    return state.world_size > 1 and bool(getattr(state.strategy, "sharded_checkpoint", False))
+
+
+def _save_sharded(state: TrainState, target: Path) -> Path:
+    """Every rank writes its shards (torch.distributed.checkpoint); rank 0 commits the directory."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.filesystem import FileSystemWriter
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
+
+    fresh = not state.optimizer.state
+    model_sd, optim_sd = get_state_dict(state.model, state.optimizer)
+    if fresh:  # get_state_dict initialised the optimizer (Adam's step=1): undo, save none
+        state.optimizer.state.clear()
+        optim_sd["state"] = {}
+    tmp = target.parent / f".{target.name}.tmp"
+    distributed = dist.is_available() and dist.is_initialized()
+    if state.rank == 0:
+        remove(tmp)
+        tmp.mkdir(parents=True)
+    if distributed:
+        dist.barrier()
+    content: dict[str, Any] = {"model": model_sd}
+    if optim_sd["state"]:
+        content["optimizer_state"] = optim_sd["state"]
+    with _single_process_intended():
+        dcp_save(content, storage_writer=FileSystemWriter(tmp))  # every rank's shards, .metadata
+    if state.rank == 0:
+        record = _payload(state, tensors=False)
+        record["sharded"] = {
+            "world_size": state.world_size,
+            "optimizer_state": bool(optim_sd["state"]),
+            "param_groups": optim_sd["param_groups"],
+        }
+        with (tmp / STATE_FILE).open("wb") as f:
+            _write_record(f, record)
+        write_manifest(tmp, state.world_size)  # last: a directory without it never validates
+        _fsync_dir(tmp)
+        old = target.parent / f".{target.name}.old"
+        if target.exists():
+            remove(old)
+            os.replace(target, old)
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+        remove(old)
+    if distributed:
+        dist.barrier()
     return target
 
 
@@ -138,29 +208,12 @@ def load(state: TrainState, path: str | os.PathLike[str]) -> TrainState:
         (1, False)
     """
     check_live(state, "load")
-    data = read_checkpoint(path)
-    _check_matches(state, data, Path(path))
-    # Full (unsharded) state dicts keyed by parameter names: the same file loads into one
-    # process, DDP, or FSDP with any number of processes (each rank takes its shard).
-    # torch.distributed.checkpoint is imported here, not at import time (it costs ~0.8 s).
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        set_model_state_dict,
-        set_optimizer_state_dict,
-    )
-
-    full = StateDictOptions(full_state_dict=True)
-    set_model_state_dict(state.model, data["model"], options=full)
-    saved_optim = data["optimizer"]
-    if saved_optim["state"]:
-        set_optimizer_state_dict(
-            state.model, state.optimizer, optim_state_dict=saved_optim, options=full
-        )
-    else:  # a stateless optimizer (plain SGD) or one that never stepped: hyperparameters only
-        for group, saved in zip(
-            state.optimizer.param_groups, saved_optim["param_groups"], strict=True
-        ):
-            group.update({k: v for k, v in saved.items() if k != "params"})
+    if Path(path).is_dir():
+        data = _load_sharded(state, Path(path))
+    else:
+        data = read_checkpoint(path)
+        _check_matches(state, data, Path(path))
+        _load_full(state, data)
     for name in ("scheduler", "scaler"):
         obj, saved = getattr(state, name), data[name]
         if (obj is None) != (saved is None):
@@ -187,13 +240,143 @@ def load(state: TrainState, path: str | os.PathLike[str]) -> TrainState:
     )
 
 
+def _load_full(state: TrainState, data: Mapping[str, Any]) -> None:
+    # Full (unsharded) state dicts keyed by parameter names: the same file loads into one
+    # process, DDP, or FSDP with any number of processes (each rank takes its shard).
+    # torch.distributed.checkpoint is imported here, not at import time (it costs ~0.8 s).
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    full = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(state.model, data["model"], options=full)
+    saved_optim = data["optimizer"]
+    if saved_optim["state"]:
+        set_optimizer_state_dict(
+            state.model, state.optimizer, optim_state_dict=saved_optim, options=full
+        )
+    else:  # a stateless optimizer (plain SGD) or one that never stepped: hyperparameters only
+        _load_hyperparameters(state, saved_optim["param_groups"])
+
+
+def _load_hyperparameters(state: TrainState, saved_groups: list[dict[str, Any]]) -> None:
+    for group, saved in zip(state.optimizer.param_groups, saved_groups, strict=True):
+        group.update({k: v for k, v in saved.items() if k != "params"})
+
+
+def _load_sharded(state: TrainState, directory: Path) -> dict[str, Any]:
+    """Load a sharded directory into ``state``'s model and optimizer; return the rest.
+
+    Each process reads the parts of the shards it holds (torch.distributed.checkpoint reshards:
+    any number of processes, or one process without a process group, loads the directory).
+    """
+    from torch.distributed.checkpoint.state_dict import (
+        get_state_dict,
+        set_model_state_dict,
+        set_state_dict,
+    )
+    from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+
+    data = read_checkpoint(directory)
+    sharded = data["sharded"]
+    _check_sharded_matches(state, directory, sharded)
+    had_state = bool(state.optimizer.state)
+    model_sd, optim_sd = get_state_dict(state.model, state.optimizer)  # initialises Adam & co.
+    content: dict[str, Any] = {"model": model_sd}
+    if sharded["optimizer_state"]:
+        content["optimizer_state"] = optim_sd["state"]
+    try:
+        with _single_process_intended():
+            dcp_load(content, storage_reader=safe_reader(directory), planner=safe_planner())
+    except CheckpointError:
+        raise
+    except Exception as err:
+        msg = (
+            f"Checkpoint {str(directory)!r} could not be loaded into the template state "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}). "
+            "Load it into a state built like the one that saved it."
+        )
+        raise CheckpointError(msg) from None
+    if sharded["optimizer_state"]:
+        optim_sd["state"] = content["optimizer_state"]
+        optim_sd["param_groups"] = sharded["param_groups"]
+        set_state_dict(
+            state.model, state.optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd
+        )
+    else:  # the saved optimizer had no state: drop what get_state_dict initialised
+        set_model_state_dict(state.model, model_sd)
+        if not had_state:
+            state.optimizer.state.clear()
+        _load_hyperparameters(state, sharded["param_groups"])
+    return data
+
+
+@contextlib.contextmanager
+def _single_process_intended() -> Iterator[None]:
+    # torch warns on every save/load without a process group; one process is intended here.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        yield
+
+
+def _check_sharded_matches(state: TrainState, directory: Path, sharded: Mapping[str, Any]) -> None:
+    metadata = read_metadata(directory / ".metadata")
+    saved = {
+        k.removeprefix("model."): tuple(getattr(v, "size", ()))
+        for k, v in metadata.state_dict_metadata.items()
+        if k.startswith("model.")
+    }
+    own = {k: tuple(v.shape) for k, v in state.model.state_dict().items()}
+    problems = []
+    missing = sorted(set(own) - set(saved))
+    unexpected = sorted(set(saved) - set(own))
+    if missing:
+        problems.append(f"missing keys {missing[:10]}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected[:10]}")
+    shapes = [
+        f"{k}: checkpoint {saved[k]} vs model {shape}"
+        for k, shape in own.items()
+        if k in saved and saved[k] != shape
+    ]
+    if shapes:
+        problems.append("shape mismatches " + "; ".join(shapes[:10]))
+    groups = [len(g["params"]) for g in state.optimizer.param_groups]
+    saved_groups = [len(g["params"]) for g in sharded["param_groups"]]
+    if groups != saved_groups:
+        problems.append(
+            f"optimizer parameter groups {saved_groups} in the checkpoint vs {groups} in the "
+            "template"
+        )
+    if problems:
+        msg = (
+            f"Checkpoint {str(directory)!r} does not match the template state: "
+            + "; ".join(problems)
+            + ". Load it into a state built like the one that saved it."
+        )
+        raise CheckpointError(msg)
+
+
 def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
     """Read and verify a checkpoint file; return its contents as plain data.
+
+    For a sharded checkpoint directory every file is verified against its manifest and the
+    tensor-free record (counters, scheduler, scaler, callback memory) is returned; the model
+    and optimizer shards are read by `load` into a template state.
 
     Raises:
         CheckpointError: with the file name and what is wrong with it.
     """
     p = Path(path)
+    if p.is_dir():  # sharded: verify every file, return the tensor-free record
+        verify_directory(p)
+        data = read_checkpoint(p / STATE_FILE, map_location)
+        if "sharded" not in data:
+            msg = f"Checkpoint directory {str(p)!r} holds no sharded ftrain state."
+            raise CheckpointError(msg)
+        return data
     try:
         raw = p.read_bytes()
     except OSError as err:
@@ -252,15 +435,9 @@ def validate(path: str | os.PathLike[str]) -> bool:
     return True
 
 
-def _payload(state: TrainState) -> dict[str, Any]:
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-        get_optimizer_state_dict,
-    )
-
-    gather = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return {
+def _payload(state: TrainState, tensors: bool = True) -> dict[str, Any]:
+    """The checkpoint's contents; without the model and optimizer when ``tensors`` is False."""
+    data = {
         "format": "ftrain",
         "meta": {
             "step": state.step,
@@ -271,12 +448,27 @@ def _payload(state: TrainState) -> dict[str, Any]:
             "epoch_totals": {k: [s, n] for k, (s, n) in state.epoch_totals.items()},
             "torch_version": str(torch.__version__),
         },
-        "model": get_model_state_dict(state.model, options=gather),
-        "optimizer": get_optimizer_state_dict(state.model, state.optimizer, options=gather),
         "scheduler": None if state.scheduler is None else state.scheduler.state_dict(),
         "scaler": None if state.scaler is None else state.scaler.state_dict(),
         "callback_state": _encode(dict(state.callback_state)),
     }
+    if tensors:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        gather = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        fresh = not state.optimizer.state
+        data["model"] = get_model_state_dict(state.model, options=gather)
+        data["optimizer"] = get_optimizer_state_dict(state.model, state.optimizer, options=gather)
+        if fresh:
+            # get_optimizer_state_dict initialises a fresh optimizer's state with a zero step
+            # (Adam's step counter becomes 1): saving must not change training, so undo it.
+            state.optimizer.state.clear()
+            data["optimizer"]["state"] = {}
+    return data
 
 
 def _nonfinite_parameters(state: TrainState) -> list[str]:

@@ -289,3 +289,106 @@ def test_mid_epoch_resume_never_loads_the_skipped_batches(tmp_path):
     resumed = ftrain.load(make_classifier(), tmp_path / "a.ckpt")
     resumed, _ = ftrain.fit(resumed, loader, max_epochs=1)
     assert resumed.step == 6 and len(counting.fetched) == 32  # 2 batches, not 6
+
+
+def test_saving_a_fresh_optimizer_does_not_change_training(tmp_path):
+    # torch's get_optimizer_state_dict initialises a fresh Adam (step counter 1) when asked for
+    # its state: a checkpoint at step 0 must not make the run differ from one without it.
+    train, _ = make_loaders()
+    plain, _ = ftrain.fit(make_classifier(), train, max_epochs=1)
+    saved = make_classifier()
+    ftrain.save(saved, tmp_path / "step0.ckpt")
+    assert not saved.optimizer.state
+    saved, _ = ftrain.fit(saved, train, max_epochs=1)
+    assert_states_equal(plain, saved)
+    restored = ftrain.load(make_classifier(), tmp_path / "step0.ckpt")
+    assert not restored.optimizer.state
+
+
+# Sharded checkpoint directories (what FSDP writes with several processes) written here by one
+# process: torch.distributed.checkpoint writes the same layout without a process group.
+
+
+def _sharded(state, path):
+    return ftrain._checkpoint._save_sharded(state, path)
+
+
+def _trained(steps=3):
+    state = make_classifier()
+    train, _ = make_loaders()
+    for batch, _ in zip(train, range(steps), strict=False):
+        state, _ = ftrain.train_step(state, batch)
+    return state, train
+
+
+def test_a_sharded_directory_round_trips_and_continues_exactly(tmp_path):
+    state, train = _trained()
+    path = _sharded(state, tmp_path / "step-000000003.ckpt")
+    assert path.is_dir()
+    names = sorted(p.name for p in path.iterdir())
+    assert names == [".metadata", "__0_0.distcp", "manifest.json", "state.ftrain"]
+    assert ftrain.latest_checkpoint(tmp_path) == path
+    restored = ftrain.load(make_classifier(), path)
+    assert_states_equal(state, restored)
+    batch = next(iter(train))
+    a, _ = ftrain.train_step(state, batch)
+    b, _ = ftrain.train_step(restored, batch)
+    assert_states_equal(a, b)
+
+
+def _rewrite_manifest(directory):
+    ftrain._sharded.write_manifest(directory, world_size=1)
+
+
+def test_a_sharded_metadata_pickle_runs_nothing(tmp_path):
+    global MARKER
+    MARKER = str(tmp_path / "pwned")
+    state, _ = _trained()
+    path = _sharded(state, tmp_path / "step-000000003.ckpt")
+    (path / ".metadata").write_bytes(pickle.dumps(_Evil()))
+    with pytest.raises(CheckpointError, match=r"damaged: \.metadata"):
+        ftrain.load(make_classifier(), path)
+    _rewrite_manifest(path)  # a crafted directory with a matching manifest
+    with pytest.raises(CheckpointError, match="restricted unpickler"):
+        ftrain.load(make_classifier(), path)
+    assert not os.path.exists(MARKER)
+
+
+def test_a_corrupt_or_missing_shard_is_named(tmp_path):
+    state, _ = _trained()
+    path = _sharded(state, tmp_path / "step-000000003.ckpt")
+    shard = path / "__0_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"checksum of __0_0\.distcp"):
+        ftrain.load(make_classifier(), path)
+    shard.unlink()
+    with pytest.raises(CheckpointError, match=r"missing __0_0\.distcp"):
+        ftrain.load(make_classifier(), path)
+
+
+def test_interrupted_sharded_saves_are_never_resumed_from(tmp_path):
+    state, _ = _trained()
+    good = _sharded(state, tmp_path / "step-000000003.ckpt")
+    # A newer save killed before its manifest: skipped with a warning; a temp dir: ignored.
+    newer = _sharded(state, tmp_path / "step-000000006.ckpt")
+    (newer / "manifest.json").unlink()
+    (tmp_path / ".step-000000009.ckpt.tmp").mkdir()
+    with pytest.warns(UserWarning, match="no manifest.json"):
+        assert ftrain.latest_checkpoint(tmp_path) == good
+    Checkpoint(tmp_path)._start(ftrain.FitStart(0, 0, 1, None, 50, None))
+    assert not (tmp_path / ".step-000000009.ckpt.tmp").exists()
+
+
+def test_a_sharded_checkpoint_of_another_model_names_the_mismatch(tmp_path):
+    state, _ = _trained()
+    path = _sharded(state, tmp_path / "step-000000003.ckpt")
+    other = ftrain.TrainState.create(
+        model=nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 2)),
+        optimizer=lambda p: torch.optim.AdamW(p),
+        loss_fn=ftrain.supervised(nn.CrossEntropyLoss()),
+        scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=5),
+    )
+    with pytest.raises(CheckpointError, match=r"shape mismatches 0\.weight"):
+        ftrain.load(other, path)

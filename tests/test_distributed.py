@@ -111,18 +111,27 @@ def _params(path):
 
 
 @pytest.mark.timeout(400)
-def test_fsdp_checkpoint_loads_into_one_process_and_back(tmp_path):
+def test_fsdp_sharded_checkpoint_loads_into_one_process_and_back(tmp_path):
     ref9, _ = ftrain.fit(
         dist_worker.make_state(), dist_worker.make_loaders(16), max_steps=9, log_every_n_steps=3
     )
     ref18, _, _ = single_process_reference()
-    # FSDP (2 processes) -> one process
+    # FSDP (2 processes) writes a sharded directory: one shard file per process
     proc = torchrun("save9-fsdp", tmp_path / "a")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    names = sorted(p.name for p in (tmp_path / "a.ckpt").iterdir())
+    assert names == [".metadata", "__0_0.distcp", "__1_0.distcp", "manifest.json", "state.ftrain"]
+    # ... which loads into one process
     one = ftrain.load(dist_worker.make_state(), tmp_path / "a.ckpt")
     assert one.step == 9 and one.epoch_batch == 3
     for k, v in ref9.model.state_dict().items():
         torch.testing.assert_close(one.model.state_dict()[k], v, rtol=0, atol=1e-5)
+    # ... and into FSDP with 2 processes, continuing the run as if never stopped
+    proc = torchrun("resume-fsdp", tmp_path / "a")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    params = _params(tmp_path / "a.pt")
+    for k, v in ref18.model.state_dict().items():
+        torch.testing.assert_close(params[k], v, rtol=0, atol=1e-5)
     # one process -> FSDP (2 processes), continuing the run
     ftrain.save(ref9, tmp_path / "b.ckpt")
     proc = torchrun("resume-fsdp", tmp_path / "b")

@@ -13,6 +13,7 @@ import attrs
 from .._checkpoint import checkpoint_name, list_checkpoints, save
 from .._errors import FtrainError
 from .._events import EpochEnd, EvalEnd, FitStart, Interrupted, IntervalEnd
+from .._sharded import remove
 from .._state import TrainState
 
 __all__ = ["Checkpoint", "CheckpointState"]
@@ -136,8 +137,8 @@ class Checkpoint:
             raise ValueError(msg)
         self._val_every = event.val_every_n_epochs
         if self.dirpath.is_dir():
-            for leftover in self.dirpath.glob(".step-*.tmp"):
-                leftover.unlink(missing_ok=True)
+            for leftover in [*self.dirpath.glob(".step-*.tmp"), *self.dirpath.glob(".step-*.old")]:
+                remove(leftover)
 
     def _epoch_due(self, epoch: int) -> bool:
         return self.every_n_epochs is not None and (epoch + 1) % self.every_n_epochs == 0
@@ -151,4 +152,4 @@ class Checkpoint:
         keep.add(memory.last or "")
         for p in files:
             if p.name not in keep:
-                p.unlink(missing_ok=True)
+                remove(p)

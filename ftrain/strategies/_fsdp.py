@@ -36,6 +36,10 @@ class FSDP:
             all-gather in backward).
         precision: ``"32-true"``, ``"bf16-mixed"``, ``"16-mixed"`` or ``"bf16-true"``.
         cpu_offload: keep sharded parameters and optimizer state in CPU memory.
+        sharded_checkpoint: `ftrain.save` writes a directory in which every process stores
+            its own shards (`torch.distributed.checkpoint`); False gathers everything into one
+            file written by rank 0 (simple to copy, but the whole model passes through rank 0).
+            Either loads into any number of processes, or into one.
         backend: as for `DDP`.
         timeout_s: as for `DDP`.
 
@@ -49,6 +53,7 @@ class FSDP:
     reshard_after_forward: bool = True
     precision: str = attrs.field(default="32-true", validator=check_precision)
     cpu_offload: bool = False
+    sharded_checkpoint: bool = True
     backend: str | None = None
     timeout_s: float = 600.0
     rank: int = attrs.field(default=0, kw_only=True)
