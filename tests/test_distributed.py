@@ -5,6 +5,8 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -156,11 +158,6 @@ def test_ddp_resume_continues_exactly(tmp_path):
 
 
 @pytest.mark.timeout(400)
-@pytest.mark.skipif(
-    os.environ.get("FTRAIN_ELASTIC_TEST") != "1",
-    reason="gloo's re-initialisation after a torchrun restart hangs intermittently on this CPU "
-    "machine; run with FTRAIN_ELASTIC_TEST=1",
-)
 def test_elastic_restart_resumes_from_the_last_checkpoint(tmp_path):
     proc = torchrun("ddp", tmp_path / "straight")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -172,3 +169,24 @@ def test_elastic_restart_resumes_from_the_last_checkpoint(tmp_path):
     elastic = _params(tmp_path / "e.pt")
     for k, v in straight.items():
         assert torch.equal(elastic[k], v), k
+
+
+def test_restart_scoping_applies_to_one_node_torchrun_only(monkeypatch):
+    from ftrain.strategies._dist import _restart_scoped_store
+
+    for key in ("TORCHELASTIC_USE_AGENT_STORE", "TORCHELASTIC_RESTART_COUNT", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert _restart_scoped_store(timedelta(seconds=1)) is None  # not under torchrun
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")  # a fresh store per attempt
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert _restart_scoped_store(timedelta(seconds=1)) is None
+    # Several nodes: restart counts are per agent, so the store is left alone, with a warning.
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.warns(UserWarning, match="TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"):
+        assert _restart_scoped_store(timedelta(seconds=1)) is None
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")  # a first attempt: nothing to say
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _restart_scoped_store(timedelta(seconds=1)) is None

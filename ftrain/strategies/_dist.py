@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import atexit
 import os
+import warnings
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -13,6 +14,9 @@ from torch import nn
 from torch.optim import Optimizer
 
 from .._errors import PlacementError
+
+if TYPE_CHECKING:
+    from torch._C._distributed_c10d import Store
 
 __all__ = ["all_reduce_sum", "broadcast_module", "init_from_env", "rebind_scheduler"]
 
@@ -38,15 +42,61 @@ def init_from_env(backend: str | None, timeout_s: float) -> tuple[int, int, torc
             raise PlacementError(msg)
         if cuda:
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(
-            backend=backend or ("nccl" if cuda else "gloo"), timeout=timedelta(seconds=timeout_s)
-        )
+        backend = backend or ("nccl" if cuda else "gloo")
+        timeout = timedelta(seconds=timeout_s)
+        store = _restart_scoped_store(timeout)
+        if store is None:
+            dist.init_process_group(backend=backend, timeout=timeout)
+        else:
+            dist.init_process_group(
+                backend=backend,
+                store=store,
+                rank=int(os.environ["RANK"]),
+                world_size=int(os.environ["WORLD_SIZE"]),
+                timeout=timeout,
+            )
         # The group ftrain started, ftrain tears down: left to interpreter shutdown, the
         # backend's threads can abort the process ("terminate called without an active
         # exception") after training finished.
         atexit.register(_destroy_group)
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     return dist.get_rank(), dist.get_world_size(), device
+
+
+def _restart_scoped_store(timeout: timedelta) -> Store | None:
+    """The torchrun agent's store, with keys scoped to this restart; ``None`` to let torch decide.
+
+    torchrun (c10d rendezvous) hands every attempt of a restarted job the same store, so the
+    keys a killed attempt wrote (each rank's address) are still there when the next attempt
+    connects: a rank can read its peer's old address and fail with "Connection refused"
+    (pytorch/pytorch#135712). On one node every worker is started by the same agent and sees
+    the same ``TORCHELASTIC_RESTART_COUNT``, so prefixing the keys with it gives each attempt
+    a clean namespace. Across several nodes the agents count restarts independently; there
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` (a fresh store per attempt) is the remedy.
+    """
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or "TORCHELASTIC_RESTART_COUNT" not in env:
+        return None
+    if env.get("LOCAL_WORLD_SIZE") != env["WORLD_SIZE"]:
+        if env["TORCHELASTIC_RESTART_COUNT"] != "0":
+            warnings.warn(
+                "This is a restart of a multi-node torchrun job whose agents share one store "
+                "across restarts; a restarted group can read the previous attempt's addresses "
+                "and fail to connect (pytorch/pytorch#135712). If it does, launch torchrun "
+                "with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1.",
+                stacklevel=4,
+            )
+        return None
+    from torch._C._distributed_c10d import PrefixStore, TCPStore
+
+    store = TCPStore(
+        env["MASTER_ADDR"],
+        int(env["MASTER_PORT"]),
+        int(env["WORLD_SIZE"]),
+        is_master=False,
+        timeout=timeout,
+    )
+    return PrefixStore(f"ftrain/restart_{env['TORCHELASTIC_RESTART_COUNT']}", store)
 
 
 def _destroy_group() -> None:
