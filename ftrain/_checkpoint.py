@@ -21,6 +21,7 @@ and never runs code.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import importlib
 import io
@@ -137,6 +138,13 @@ def _sharded(state: TrainState) -> bool:
     return state.world_size > 1 and bool(getattr(state.strategy, "sharded_checkpoint", False))
 
 
+def _collect_dcp_garbage() -> None:
+    # torch.distributed.checkpoint leaves reference cycles that hold the process group's pending
+    # work; freed later (at interpreter exit, after the group is gone), they can abort the
+    # process ("terminate called without an active exception"). Free them now.
+    gc.collect()
+
+
 def _save_sharded(state: TrainState, target: Path) -> Path:
     """Every rank writes its shards (torch.distributed.checkpoint); rank 0 commits the directory."""
     import torch.distributed as dist
@@ -161,6 +169,7 @@ def _save_sharded(state: TrainState, target: Path) -> Path:
         content["optimizer_state"] = optim_sd["state"]
     with _single_process_intended():
         dcp_save(content, storage_writer=FileSystemWriter(tmp))  # every rank's shards, .metadata
+    _collect_dcp_garbage()
     if state.rank == 0:
         record = _payload(state, tensors=False)
         record["sharded"] = {
@@ -290,6 +299,7 @@ def _load_sharded(state: TrainState, directory: Path) -> dict[str, Any]:
     try:
         with _single_process_intended():
             dcp_load(content, storage_reader=safe_reader(directory), planner=safe_planner())
+        _collect_dcp_garbage()
     except CheckpointError:
         raise
     except Exception as err:

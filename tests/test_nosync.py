@@ -11,6 +11,7 @@ from conftest import make_classifier, make_loaders
 
 import ftrain
 
+PACKAGE = os.path.dirname(os.path.abspath(ftrain.__file__)) + os.sep
 SYNCING = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
 
 
@@ -24,7 +25,7 @@ def sync_calls(monkeypatch):
 
         def counted(self, *args, _name=name, _original=original, **kwargs):
             caller = sys._getframe(1).f_code.co_filename
-            if f"{os.sep}ftrain{os.sep}" in caller and not caller.endswith("_data.py"):
+            if caller.startswith(PACKAGE) and not caller.endswith("_data.py"):
                 calls.append(_name)
             return _original(self, *args, **kwargs)
 

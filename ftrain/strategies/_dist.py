@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import warnings
 from datetime import timedelta
@@ -101,6 +102,10 @@ def _restart_scoped_store(timeout: timedelta) -> Store | None:
 
 def _destroy_group() -> None:
     if dist.is_initialized():
+        # Objects in reference cycles that still hold the group's work (torch's distributed
+        # checkpointing leaves some) must go while the group exists: freed after it, at
+        # interpreter shutdown, they can abort the process.
+        gc.collect()
         dist.destroy_process_group()
 
 
