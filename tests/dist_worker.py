@@ -45,9 +45,7 @@ def main():
     # The elastic run restarts the group: a short timeout makes a failed re-initialisation fail
     # fast (and be retried by torchrun) instead of waiting out the default.
     timeout_s = 30.0 if mode == "elastic" else 600.0
-    strategy = (
-        ftrain.FSDP(timeout_s=timeout_s) if "fsdp" in mode else ftrain.DDP(timeout_s=timeout_s)
-    )
+    strategy = (ftrain.FSDP if "fsdp" in mode else ftrain.DDP)(timeout_s=timeout_s)
     state = ftrain.place(make_state(), strategy)
     world, rank = state.world_size, state.rank
     train, val = make_loaders(16 // world)
