@@ -310,7 +310,10 @@ def test_saving_a_fresh_optimizer_does_not_change_training(tmp_path):
 
 
 def _sharded(state, path):
-    return ftrain._checkpoint._save_sharded(state, path)
+    from ftrain._checkpoint._records import state_record
+    from ftrain._checkpoint._sharded import save_sharded
+
+    return save_sharded(state, path, state_record(state))
 
 
 def _trained(steps=3):
@@ -337,7 +340,9 @@ def test_a_sharded_directory_round_trips_and_continues_exactly(tmp_path):
 
 
 def _rewrite_manifest(directory):
-    ftrain._sharded.write_manifest(directory, world_size=1)
+    from ftrain._checkpoint._sharded import write_manifest
+
+    write_manifest(directory, world_size=1)
 
 
 def test_a_sharded_metadata_pickle_runs_nothing(tmp_path):
