@@ -189,7 +189,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         >>> state, _ = ftrain.train_step(ftrain.testing.toy_state(), ftrain.testing.toy_batch())
         >>> path = ftrain.save(state, os.path.join(tempfile.mkdtemp(), "step-1.ckpt"))
         >>> contents = ftrain.read_checkpoint(path)
-        >>> contents["meta"]["step"], sorted(contents["model"])
+        >>> meta, model = contents["meta"], contents["model"]
+        >>> meta["step"], sorted(model)
         (1, ['bias', 'weight'])
     """
     check_type("path", path, _PATH, _PATH_WORDS)
