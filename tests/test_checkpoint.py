@@ -395,6 +395,8 @@ def test_paths_of_the_wrong_type_are_named(tmp_path):
         ftrain.load(state, None)
     with pytest.raises(TypeError, match="`path` must be a str or os.PathLike"):
         ftrain.read_checkpoint(b"a.ckpt")
+    with pytest.raises(TypeError, match="`directory` must be a str or os.PathLike"):
+        ftrain.latest_checkpoint(3)
     assert state.is_live
 
 

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .._errors import CheckpointError
+from .._errors import CheckpointError, check_type
 from ._format import read_file, remove
 from ._sharded import read_directory
 
@@ -66,6 +66,7 @@ def latest_checkpoint(directory: str | os.PathLike[str]) -> Path | None:
         >>> ftrain.latest_checkpoint(tempfile.mkdtemp()) is None
         True
     """
+    check_type("directory", directory, (str, os.PathLike), "a str or os.PathLike")
     for path in reversed(list_checkpoints(directory)):
         try:
             read_verified(path)
