@@ -15,8 +15,10 @@ from ._callback import chain as chain
 from ._callback import every as every
 from ._callback import on as on
 from ._callback import when as when
+from ._checkpoint import checkpoint_record as checkpoint_record
 from ._checkpoint import latest_checkpoint as latest_checkpoint
 from ._checkpoint import load as load
+from ._checkpoint import read_checkpoint as read_checkpoint
 from ._checkpoint import save as save
 from ._data import DevicePrefetcher as DevicePrefetcher
 from ._data import EpochSampler as EpochSampler
@@ -97,6 +99,7 @@ __all__ = (
     "batch_size",
     "callbacks",
     "chain",
+    "checkpoint_record",
     "eval_epoch",
     "eval_step",
     "every",
@@ -110,6 +113,7 @@ __all__ = (
     "place",
     "plot_history",
     "prepare_loader",
+    "read_checkpoint",
     "save",
     "strategies",
     "supervised",

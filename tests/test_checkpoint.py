@@ -2,6 +2,8 @@ import os
 import pickle
 import signal
 
+import attrs
+import numpy as np
 import pytest
 import torch
 from conftest import make_classifier, make_loaders
@@ -261,10 +263,152 @@ def test_loading_maps_to_the_template_device(tmp_path):
     assert all(p.device.type == "cpu" for p in loaded.model.parameters())
 
 
-def test_callback_state_must_be_plain_data(tmp_path):
-    state = ftrain.testing.toy_state().replace(callback_state={"mine": object()})
-    with pytest.raises(TypeError, match="plain data"):
+@ftrain.checkpoint_record
+@attrs.frozen
+class Window:
+    sizes: tuple[int, ...]
+    weights: torch.Tensor
+
+
+@ftrain.checkpoint_record
+@attrs.frozen
+class Carry:
+    count: int
+    window: Window
+    history: list[tuple[int, float]] = attrs.field(factory=list)
+    by_key: dict = attrs.field(factory=dict)
+    _note: str = "private field, public argument"
+
+
+@attrs.frozen
+class Unregistered:
+    value: float = 0.0
+
+
+def _carry():
+    return Carry(
+        count=3,
+        window=Window(sizes=(1, 2), weights=torch.arange(3.0)),
+        history=[(1, 0.5), (2, 0.25)],
+        by_key={1: "one", (2, "b"): [Window(sizes=(), weights=torch.ones(1))]},
+        note="kept",
+    )
+
+
+def _same(a, b):
+    assert type(a) is type(b)
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b)
+    elif attrs.has(type(a)):
+        for f in attrs.fields(type(a)):
+            _same(getattr(a, f.name), getattr(b, f.name))
+    elif isinstance(a, dict):
+        assert list(a) == list(b)  # the same keys, of the same types, in the same order
+        for (ka, va), kb in zip(a.items(), b, strict=True):
+            assert type(ka) is type(kb)
+            _same(va, b[kb])
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            _same(x, y)
+    else:
+        assert a == b
+
+
+def test_a_registered_user_record_comes_back_as_itself(tmp_path):
+    memory = {
+        "carry": _carry(),
+        "counts": {0: 1, 7: 2, (3, "x"): (4, [5])},
+        "plain": [None, True, 1.5, "s", torch.zeros(2)],
+    }
+    state = ftrain.testing.toy_state().replace(callback_state=memory)
+    path = ftrain.save(state, tmp_path / "a.ckpt")
+    loaded = ftrain.load(ftrain.testing.toy_state(), path)
+    _same(dict(state.callback_state), dict(loaded.callback_state))
+    _same(dict(state.callback_state), ftrain.read_checkpoint(path)["callback_state"])
+
+
+@pytest.mark.parametrize(
+    ("value", "where", "match"),
+    [
+        (object(), "['mine']", "plain data"),
+        (Unregistered(), "['mine']", r"not registered.*@ftrain.checkpoint_record"),
+        ({"a": [Unregistered()]}, "['mine']['a'][0]", "not registered"),
+        (attrs.evolve(_carry(), count=np.int64(3)), "['mine'].count", "got int64"),
+        ((1, np.float64(2.0)), "['mine'][1]", "got float64"),
+        ({1.5: {"x"}}, "['mine'][1.5]", "got set"),
+        ({object(): 1}, "['mine']", "has the key object"),
+        ({"__ftrain_record__": 1}, "['mine']", "reserves"),
+    ],
+)
+def test_run_state_that_would_not_come_back_as_it_is_is_refused_at_save(
+    tmp_path, value, where, match
+):
+    state = ftrain.testing.toy_state().replace(callback_state={"mine": value})
+    with pytest.raises(TypeError, match=match) as info:
         ftrain.save(state, tmp_path / "a.ckpt")
+    assert f"`callback_state{where}`" in str(info.value)  # where it sits
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_a_record_this_process_cannot_rebuild_is_refused_at_load(tmp_path, monkeypatch):
+    from ftrain._checkpoint import _records
+
+    state = ftrain.testing.toy_state().replace(callback_state={"carry": _carry()})
+    path = ftrain.save(state, tmp_path / "a.ckpt")
+    name = f"{Carry.__module__}.Carry"
+    with monkeypatch.context() as m:  # as in a process that never imported the class
+        m.delitem(_records._RECORDS, name)
+        template = ftrain.testing.toy_state()
+        with pytest.raises(CheckpointError, match=rf"{name} record at `callback_state\['carry'\]`"):
+            ftrain.load(template, path)
+        assert template.is_live  # refused before anything was loaded
+    with monkeypatch.context() as m:  # the class changed its fields since the save
+        m.setitem(_records._RECORDS, name, Unregistered)
+        with pytest.raises(
+            CheckpointError, match=r"has the fields \[.*'count'.*\], but .* \['value'\]"
+        ):
+            ftrain.load(ftrain.testing.toy_state(), path)
+
+
+def test_checkpoint_record_takes_attrs_classes_it_can_rebuild():
+    class Plain:
+        pass
+
+    with pytest.raises(TypeError, match="above `@attrs.frozen`"):
+        ftrain.checkpoint_record(Plain)
+
+    @attrs.frozen
+    class Derived:
+        x: int
+        y: int = attrs.field(init=False, default=0)
+
+    with pytest.raises(TypeError, match=r"\['y'\] have init=False"):
+        ftrain.checkpoint_record(Derived)
+
+
+def test_paths_of_the_wrong_type_are_named(tmp_path):
+    state = ftrain.testing.toy_state()
+    with pytest.raises(TypeError, match=r"`path` must be a str or os.PathLike \(got int 5\)"):
+        ftrain.save(state, 5)
+    with pytest.raises(TypeError, match="`path` must be a str or os.PathLike"):
+        ftrain.load(state, None)
+    with pytest.raises(TypeError, match="`path` must be a str or os.PathLike"):
+        ftrain.read_checkpoint(b"a.ckpt")
+    with pytest.raises(TypeError, match="`directory` must be a str or os.PathLike"):
+        ftrain.latest_checkpoint(3)
+    assert state.is_live
+
+
+def test_read_checkpoint_shows_what_a_file_holds_without_a_template(tmp_path):
+    state, _ = _trained()
+    path = ftrain.save(state, tmp_path / "a.ckpt")
+    contents = ftrain.read_checkpoint(str(path))
+    assert contents["meta"]["step"] == 3 and contents["meta"]["seed"] == state.seed
+    assert set(contents["model"]) == set(state.model.state_dict())
+    assert all(v.device.type == "cpu" for v in contents["model"].values())
+    assert contents["optimizer"]["state"] and contents["scheduler"] is not None
+    assert contents["scaler"] is None and contents["callback_state"] == {}
 
 
 def test_mid_epoch_resume_never_loads_the_skipped_batches(tmp_path):
@@ -310,7 +454,10 @@ def test_saving_a_fresh_optimizer_does_not_change_training(tmp_path):
 
 
 def _sharded(state, path):
-    return ftrain._checkpoint._save_sharded(state, path)
+    from ftrain._checkpoint._records import state_record
+    from ftrain._checkpoint._sharded import save_sharded
+
+    return save_sharded(state, path, state_record(state))
 
 
 def _trained(steps=3):
@@ -337,7 +484,9 @@ def test_a_sharded_directory_round_trips_and_continues_exactly(tmp_path):
 
 
 def _rewrite_manifest(directory):
-    ftrain._sharded.write_manifest(directory, world_size=1)
+    from ftrain._checkpoint._sharded import write_manifest
+
+    write_manifest(directory, world_size=1)
 
 
 def test_a_sharded_metadata_pickle_runs_nothing(tmp_path):
@@ -369,7 +518,7 @@ def test_a_corrupt_or_missing_shard_is_named(tmp_path):
 
 
 def test_interrupted_sharded_saves_are_never_resumed_from(tmp_path):
-    state, _ = _trained()
+    state, train = _trained()
     good = _sharded(state, tmp_path / "step-000000003.ckpt")
     # A newer save killed before its manifest: skipped with a warning; a temp dir: ignored.
     newer = _sharded(state, tmp_path / "step-000000006.ckpt")
@@ -377,8 +526,17 @@ def test_interrupted_sharded_saves_are_never_resumed_from(tmp_path):
     (tmp_path / ".step-000000009.ckpt.tmp").mkdir()
     with pytest.warns(UserWarning, match="no manifest.json"):
         assert ftrain.latest_checkpoint(tmp_path) == good
-    Checkpoint(tmp_path)._start(ftrain.FitStart(0, 0, 1, None, 50, None))
-    assert not (tmp_path / ".step-000000009.ckpt.tmp").exists()
+    ftrain.fit(make_classifier(), train, [Checkpoint(tmp_path, every_n_epochs=None)], max_steps=1)
+    assert not (tmp_path / ".step-000000009.ckpt.tmp").exists()  # removed when fit starts
+
+
+def test_read_checkpoint_of_a_sharded_directory_returns_its_record(tmp_path):
+    state, _ = _trained()
+    state = state.replace(callback_state={"carry": _carry()})
+    contents = ftrain.read_checkpoint(_sharded(state, tmp_path / "step-000000003.ckpt"))
+    assert "model" not in contents and contents["sharded"]["world_size"] == 1
+    assert contents["meta"]["step"] == 3
+    _same(contents["callback_state"]["carry"], state.callback_state["carry"])
 
 
 def test_a_sharded_checkpoint_of_another_model_names_the_mismatch(tmp_path):

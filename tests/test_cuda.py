@@ -122,7 +122,7 @@ def test_compiled_step_on_cuda_trains_like_eager_without_prefix(tmp_path):
     state, compiled = _losses(ftrain.place(_state(), SingleDevice("cuda", compile=True)), batches)
     assert compiled == pytest.approx(eager, rel=1e-3, abs=1e-4)
     path = ftrain.save(state, tmp_path / "c.ckpt")
-    assert not any("_orig_mod" in k for k in ftrain._checkpoint.read_checkpoint(path)["model"])
+    assert not any("_orig_mod" in k for k in ftrain.read_checkpoint(path)["model"])
 
 
 @pytest.mark.timeout(600)

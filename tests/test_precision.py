@@ -77,7 +77,7 @@ def test_compiled_step_trains_like_eager_and_checkpoints_without_prefix(tmp_path
     assert state.wrapped is not None and state.module is state.wrapped
     assert compiled == pytest.approx(eager, rel=1e-4, abs=1e-5)
     path = ftrain.save(state, tmp_path / "c.ckpt")
-    keys = ftrain._checkpoint.read_checkpoint(path)["model"].keys()
+    keys = ftrain.read_checkpoint(path)["model"].keys()
     assert not any("_orig_mod" in k for k in keys)
     copy = ftrain.fork(state)
     assert copy.wrapped is not state.wrapped and copy.wrapped is not None

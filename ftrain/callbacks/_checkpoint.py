@@ -10,15 +10,22 @@ from typing import Any
 
 import attrs
 
-from .._checkpoint import checkpoint_name, list_checkpoints, save
+from .._checkpoint import (
+    checkpoint_name,
+    checkpoint_record,
+    list_checkpoints,
+    remove,
+    remove_leftovers,
+    save,
+)
 from .._errors import FtrainError
 from .._events import EpochEnd, EvalEnd, FitStart, Interrupted, IntervalEnd
-from .._sharded import remove
 from .._state import TrainState
 
 __all__ = ["Checkpoint", "CheckpointState"]
 
 
+@checkpoint_record
 @attrs.frozen
 class CheckpointState:
     """Checkpoint's memory: the retained best files as ``(value, name)``, best first, and the
@@ -112,8 +119,6 @@ class Checkpoint:
     def save(self, state: TrainState, metrics: Any) -> TrainState:
         """Save ``state`` now (returns it with the updated memory), then apply retention."""
         memory = state.callback_state.get(self.name, CheckpointState())
-        if isinstance(memory, dict):
-            memory = CheckpointState(**memory)
         fname = checkpoint_name(state.step)
         best = [b for b in memory.best if b[1] != fname]
         value = metrics.get(self.monitor) if self.monitor else None
@@ -136,9 +141,7 @@ class Checkpoint:
             )
             raise ValueError(msg)
         self._val_every = event.val_every_n_epochs
-        if self.dirpath.is_dir():
-            for leftover in [*self.dirpath.glob(".step-*.tmp"), *self.dirpath.glob(".step-*.old")]:
-                remove(leftover)
+        remove_leftovers(self.dirpath)
 
     def _epoch_due(self, epoch: int) -> bool:
         return self.every_n_epochs is not None and (epoch + 1) % self.every_n_epochs == 0

@@ -7,12 +7,14 @@ from typing import Any, Literal
 
 import attrs
 
+from .._checkpoint import checkpoint_record
 from .._events import EpochEnd, EvalEnd
 from .._state import TrainState
 
 __all__ = ["EarlyStopping", "EarlyStoppingState"]
 
 
+@checkpoint_record
 @attrs.frozen
 class EarlyStoppingState:
     """EarlyStopping's memory, kept in ``state.callback_state[name]`` (so it is checkpointed)."""
@@ -81,8 +83,6 @@ class EarlyStopping:
             raise KeyError(msg)
         value = float(event.metrics[self.monitor])
         memory = state.callback_state.get(self.name, EarlyStoppingState())
-        if isinstance(memory, dict):  # restored from a checkpoint
-            memory = EarlyStoppingState(**memory)
         if self._improved(value, memory.best):
             memory = attrs.evolve(memory, best=value, best_step=event.step, wait=0)
         else:

@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 
+from .._checkpoint import checkpoint_record
 from .._events import EpochEnd, EvalEnd, FitEnd, FitStart, IntervalEnd, StepEnd
 from .._state import TrainState
 
@@ -84,6 +85,7 @@ class TerminateOnNaN:
         )
 
 
+@checkpoint_record
 @attrs.frozen
 class TimerState:
     """The Timer's memory: training seconds used by earlier `fit` calls of this run."""
@@ -115,8 +117,6 @@ class Timer:
     def __call__(self, state: TrainState, event: Any) -> TrainState:
         if isinstance(event, FitStart):
             memory = state.callback_state.get(self.name, TimerState())
-            if isinstance(memory, dict):  # restored from a checkpoint
-                memory = TimerState(**memory)
             self._before = memory.elapsed
             self._start = time.monotonic()
             return state

@@ -36,15 +36,13 @@ class RichProgressBar(EpochBar):
 
     def _open(self, event: EpochStart) -> None:
         progress = require("rich.progress", "rich", "RichProgressBar")
-        console_mod = require("rich.console", "rich", "RichProgressBar")
-        self.console = self.console or console_mod.Console(stderr=True)
         self._progress = progress.Progress(
             progress.TextColumn("[bold]epoch {task.fields[epoch]}"),
             progress.BarColumn(),
             progress.MofNCompleteColumn(),
             progress.TimeElapsedColumn(),
             progress.TextColumn("loss {task.fields[loss]}  {task.fields[rate]} samples/s"),
-            console=self.console,
+            console=self._console(),
             transient=False,
         )
         self._progress.start()
@@ -66,5 +64,10 @@ class RichProgressBar(EpochBar):
         self._progress = None
 
     def _write(self, text: str) -> None:
-        if self.console is not None:
-            self.console.print(text)
+        self._console().print(text)
+
+    def _console(self) -> Any:
+        # A default console is made per use and never kept: the callback stays picklable, and
+        # summaries print even in epochs too short to draw a bar.
+        console_mod = require("rich.console", "rich", "RichProgressBar")
+        return self.console or console_mod.Console(stderr=True)
