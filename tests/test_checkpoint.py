@@ -4,7 +4,7 @@ import signal
 
 import pytest
 import torch
-from conftest import make_classifier, make_loaders
+from helpers import make_classifier, make_loaders
 from torch import nn
 
 import ftrain
