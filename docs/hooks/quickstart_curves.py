@@ -28,7 +28,8 @@ def _draw(code: str) -> dict[str, bytes]:
         cwd = os.getcwd()
         os.chdir(tmp)
         try:
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            quiet = io.StringIO()
+            with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
                 exec(compile(code, "quickstart.md", "exec"), {"__name__": "__docs__"})
         finally:
             os.chdir(cwd)
