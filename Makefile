@@ -25,8 +25,8 @@ test: venv
 	$(PY) -m pytest
 
 lint: venv
-	$(VENV)/bin/ruff check ftrain tests examples benchmarks scripts
-	$(VENV)/bin/ruff format --check ftrain tests examples benchmarks scripts
+	$(VENV)/bin/ruff check ftrain tests examples benchmarks docs/hooks
+	$(VENV)/bin/ruff format --check ftrain tests examples benchmarks docs/hooks
 
 typecheck: venv
 	$(VENV)/bin/mypy

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import make_classifier, make_loaders
+from helpers import make_classifier, make_loaders
 
 import ftrain
 from ftrain import EpochEnd, EpochStart, EvalEnd, FitEnd, FitStart, IntervalEnd, StepEnd

@@ -6,7 +6,7 @@ import attrs
 import numpy as np
 import pytest
 import torch
-from conftest import make_classifier, make_loaders
+from helpers import make_classifier, make_loaders
 from torch import nn
 
 import ftrain

@@ -5,7 +5,7 @@ import io
 import pickle
 
 import pytest
-from conftest import make_classifier, make_loaders
+from helpers import make_classifier, make_loaders
 
 import ftrain
 from ftrain import callbacks as cbs

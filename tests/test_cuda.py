@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import make_loaders
+from helpers import make_loaders
 from torch import nn
 
 import ftrain

@@ -65,7 +65,7 @@ def test_custom_samplers_are_kept_and_resume_skips_with_a_warning(tiny_state):
 
 
 def test_prefetching_loader_trains_exactly_like_the_plain_one():
-    from conftest import make_classifier, make_loaders
+    from helpers import make_classifier, make_loaders
 
     train, _ = make_loaders()
     plain, h1 = ftrain.fit(make_classifier(), train, max_epochs=2)

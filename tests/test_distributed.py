@@ -11,13 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from scripts import dist_worker
 
 import ftrain
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-import dist_worker  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 TIMING = ("epoch_time", "samples_per_sec")
 
@@ -36,7 +34,7 @@ def torchrun(mode, out, nproc=2, timeout=180, extra=()):
         "--standalone",
         f"--nproc_per_node={nproc}",
         *extra,
-        str(HERE / "dist_worker.py"),
+        dist_worker.__file__,
         mode,
         str(out),
     ]

@@ -1,12 +1,7 @@
 """Training SIGKILLed at random moments (some during a checkpoint write) resumes exactly."""
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import kill_resume
+from scripts import kill_resume
 
 
 @pytest.mark.timeout(600)

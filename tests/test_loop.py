@@ -2,17 +2,11 @@ import math
 
 import pytest
 import torch
-from conftest import make_classifier, make_loaders
+from helpers import make_classifier, make_loaders, params
 from torch import nn
 
 import ftrain
 from ftrain import EpochEnd, EpochStart, EvalEnd, FitEnd, FitStart, IntervalEnd, StepEnd
-
-
-def _same_params(a, b):
-    return all(
-        torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True)
-    )
 
 
 def _strip_timing(rows):
@@ -38,7 +32,8 @@ def test_fit_equals_a_hand_written_loop_of_public_functions():
                 **ftrain.eval_epoch(state, val, prefix="val_"),
             }
         )
-    assert _same_params(fitted, state) and fitted.step == state.step == 18
+    ftrain.testing.assert_states_equal(fitted, state)
+    assert fitted.step == 18
     assert _strip_timing(history) == _strip_timing(rows)
 
 
@@ -54,7 +49,7 @@ def test_step_level_loop_matches_train_epoch():
         state, metrics = ftrain.train_step(state, batch)
         losses.append(metrics["loss"])
         counts.append(len(batch[0]))
-    assert _same_params(by_epoch, state)
+    assert all(torch.equal(p, q) for p, q in zip(params(by_epoch), params(state), strict=True))
     mean = sum(float(l) * n for l, n in zip(losses, counts, strict=True)) / sum(counts)
     assert logs["train_loss"] == pytest.approx(mean, rel=1e-12)
 
@@ -64,7 +59,8 @@ def test_fit_can_be_called_again_to_continue_the_run():
     once, _ = ftrain.fit(make_classifier(), (train, val), max_epochs=4)
     twice, _ = ftrain.fit(make_classifier(), (train, val), max_epochs=2)
     twice, history = ftrain.fit(twice, (train, val), max_epochs=4)
-    assert _same_params(once, twice) and twice.epoch == 4
+    ftrain.testing.assert_states_equal(once, twice)
+    assert twice.epoch == 4
     assert [r["epoch"] for r in history] == [2, 3]
     again, history = ftrain.fit(twice, (train, val), max_epochs=4)  # same limits: nothing to do
     assert history == [] and again.step == twice.step
@@ -76,7 +72,7 @@ def test_max_steps_stops_mid_epoch_and_the_next_call_finishes_the_epoch():
     assert straight.step == 10 and straight.epoch == 1 and straight.epoch_batch == 4
     split, _ = ftrain.fit(make_classifier(), train, max_steps=4)
     split, _ = ftrain.fit(split, train, max_steps=10)
-    assert _same_params(straight, split)
+    ftrain.testing.assert_states_equal(straight, split)
     done, history = ftrain.fit(split, train, max_epochs=2)
     assert done.epoch == 2 and done.step == 12 and history[0]["epoch"] == 1
 

@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import make_classifier, make_loaders
+from helpers import make_classifier, make_loaders
 
 import ftrain
 

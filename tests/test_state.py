@@ -85,7 +85,7 @@ def test_fork_is_independent(batch):
 
 
 def test_fork_keeps_the_scheduler_bound_to_the_new_optimizer():
-    from conftest import make_classifier
+    from helpers import make_classifier
 
     state = make_classifier()
     copy = ftrain.fork(state)

@@ -1,19 +1,16 @@
 import pytest
 import torch
+from helpers import params
 from torch import nn
 
 import ftrain
 
 
-def _params(state):
-    return [p.detach().clone() for p in state.model.parameters()]
-
-
 def test_train_step_advances_step_and_changes_params(tiny_state, batch):
-    before = _params(tiny_state)
+    before = params(tiny_state)
     state, metrics = ftrain.train_step(tiny_state, batch)
     assert state.step == 1 and state.micro_step == 0
-    assert any(not torch.equal(a, b) for a, b in zip(before, _params(state), strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(before, params(state), strict=True))
     assert set(metrics) == {"loss"}
     assert metrics["loss"].ndim == 0 and not metrics["loss"].requires_grad
     assert all(p.grad is None for p in state.model.parameters())
@@ -88,12 +85,12 @@ def test_scheduler_steps_per_optimizer_step(batch):
 def test_eval_step_is_pure_and_restores_training_flags(batch):
     state = ftrain.testing.toy_state(dropout=0.5)
     state.model[0].eval()  # a user-frozen submodule must stay in eval mode
-    before = _params(state)
+    before = params(state)
     m1 = ftrain.eval_step(state, batch)
     m2 = ftrain.eval_step(state, batch)
     assert torch.equal(m1["loss"], m2["loss"])
     assert state.is_live and state.step == 0
-    assert all(torch.equal(a, b) for a, b in zip(before, _params(state), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(before, params(state), strict=True))
     assert state.model.training and not state.model[0].training
 
 

@@ -1,13 +1,10 @@
 import attrs
 import pytest
 import torch
+from helpers import params
 
 import ftrain
 from ftrain.testing import toy_batch, toy_state
-
-
-def _params(state):
-    return [p.detach().clone() for p in state.model.parameters()]
 
 
 def test_default_step_equals_train_step():
@@ -15,25 +12,25 @@ def test_default_step_equals_train_step():
     a, ma = ftrain.train_step(a, toy_batch())
     b, mb = ftrain.Step()(b, toy_batch())
     assert b.step == 1 and torch.equal(ma["loss"], mb["loss"])
-    assert all(torch.equal(p, q) for p, q in zip(_params(a), _params(b), strict=True))
+    assert all(torch.equal(p, q) for p, q in zip(params(a), params(b), strict=True))
 
 
 def test_grad_clip_by_norm_reports_the_norm_and_bounds_the_update():
     state = toy_state(lr=1.0)
-    before = _params(state)
+    before = params(state)
     step = ftrain.with_grad_clip(max_norm=1e-3)
     state, metrics = step(state, toy_batch())
     assert metrics["grad_norm"] > 1e-3  # reported before clipping, as a device tensor
-    delta = torch.cat([(a - b).flatten() for a, b in zip(_params(state), before, strict=True)])
+    delta = torch.cat([(a - b).flatten() for a, b in zip(params(state), before, strict=True)])
     assert delta.norm() == pytest.approx(1e-3, rel=1e-4)  # SGD lr=1: update norm == clipped norm
 
 
 def test_grad_clip_by_value():
     state = toy_state(lr=1.0)
-    before = _params(state)
+    before = params(state)
     state, metrics = ftrain.with_grad_clip(max_value=1e-4)(state, toy_batch())
     assert "grad_norm" not in metrics
-    for a, b in zip(_params(state), before, strict=True):
+    for a, b in zip(params(state), before, strict=True):
         assert (a - b).abs().max() <= 1e-4 * 1.01  # float32 rounding of the subtraction
 
 
@@ -47,7 +44,7 @@ def test_accumulation_of_k_half_batches_equals_one_full_batch():
     assert acc.step == 0 and acc.micro_step == 1
     acc, m2 = step(acc, (x[4:], y[4:]))
     assert acc.step == 1 and acc.micro_step == 0
-    for p, q in zip(_params(full), _params(acc), strict=True):
+    for p, q in zip(params(full), params(acc), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
 
@@ -59,7 +56,7 @@ def test_short_last_group_uses_the_mean_of_its_batches():
     ref, _ = ftrain.with_accumulation(every=2)(ref, batches[0])
     ref, _ = ftrain.with_accumulation(every=2)(ref, batches[1])
     ref, _ = ftrain.train_step(ref, batches[2])  # a lone batch at full weight
-    for p, q in zip(_params(state), _params(ref), strict=True):
+    for p, q in zip(params(state), params(ref), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
 
@@ -85,7 +82,7 @@ def test_transforms_compose_in_any_order_and_with_a_users_own():
         sc, mc = c(sc, toy_batch(seed=i))
     assert sa.step == sb.step == sc.step == 2 and seen == [2, 2]
     assert set(ma) == set(mb) == {"loss", "grad_norm"}
-    for p, q in zip(_params(sa), _params(sb), strict=True):
+    for p, q in zip(params(sa), params(sb), strict=True):
         assert torch.equal(p, q)
 
 
@@ -122,10 +119,10 @@ def test_skip_nonfinite_leaves_params_and_optimizer_untouched():
     step = ftrain.with_skip_nonfinite()
     x, y = toy_batch()
     state, m = step(state, (x, y))
-    params, opt = _params(state), [dict(v) for v in state.optimizer.state.values()]
+    before, opt = params(state), [dict(v) for v in state.optimizer.state.values()]
     state, m = step(state, (x, torch.full_like(y, math.nan)))
     assert state.step == 1 and float(m["skipped"]) == 1.0 and m["count"] == 0
-    assert all(torch.equal(a, b) for a, b in zip(params, _params(state), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(before, params(state), strict=True))
     assert [dict(v) for v in state.optimizer.state.values()] == opt
     bad = [(x, y), (x, torch.full_like(y, math.nan)), (x, y)]
     state, history = ftrain.fit(toy_state(), bad, step_fn=step, max_epochs=1, log_every_n_steps=1)

@@ -6,7 +6,7 @@ temporary file is left behind), checks that the newest good checkpoint loads, an
 After the kills it lets the worker finish and compares the final state with a run that was never
 killed: every parameter and optimizer tensor must be identical.
 
-    python scripts/kill_resume.py --kills 100
+    python tests/scripts/kill_resume.py --kills 100
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_state():

@@ -1,0 +1,36 @@
+"""Builders and comparisons the tests share (fixtures and hooks stay in conftest.py)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import ftrain
+
+
+def make_classifier(seed: int = 0, dropout: float = 0.1, lr: float = 1e-2) -> ftrain.TrainState:
+    """A small MLP classifier with dropout, AdamW and a per-step LR schedule."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Dropout(dropout), nn.Linear(16, 2))
+    return ftrain.TrainState.create(
+        model=model,
+        optimizer=lambda p: torch.optim.AdamW(p, lr=lr),
+        loss_fn=ftrain.supervised(nn.CrossEntropyLoss()),
+        scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5),
+        seed=seed,
+    )
+
+
+def make_loaders(n: int = 96, batch_size: int = 16) -> tuple[DataLoader, DataLoader]:
+    """Shuffled train and sequential val loaders over a separable 10-feature problem."""
+    g = torch.Generator().manual_seed(1234)
+    x = torch.randn(n, 10, generator=g)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
+    ds = TensorDataset(x, y)
+    return DataLoader(ds, batch_size=batch_size, shuffle=True), DataLoader(ds, batch_size=32)
+
+
+def params(state: ftrain.TrainState) -> list[torch.Tensor]:
+    """Copies of the model's parameters, to compare with after a step."""
+    return [p.detach().clone() for p in state.model.parameters()]

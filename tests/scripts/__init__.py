@@ -1,0 +1,1 @@
+"""Scripts the tests launch (under torchrun, as subprocesses) or import; each also runs alone."""
