@@ -377,7 +377,7 @@ def test_interrupted_sharded_saves_are_never_resumed_from(tmp_path):
     (tmp_path / ".step-000000009.ckpt.tmp").mkdir()
     with pytest.warns(UserWarning, match="no manifest.json"):
         assert ftrain.latest_checkpoint(tmp_path) == good
-    Checkpoint(tmp_path)._start(ftrain.FitStart(0, 0, 1, None, 50, None))
+    Checkpoint(tmp_path)._start(ftrain.FitStart(step=0, epoch=0, max_epochs=1, max_steps=None))
     assert not (tmp_path / ".step-000000009.ckpt.tmp").exists()
 
 
