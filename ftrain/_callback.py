@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import attrs
 
@@ -74,7 +74,18 @@ class _On:
         return state
 
 
-def on(event_type: type | tuple[type, ...], callback: Callback) -> Callback:
+_E = TypeVar("_E")
+
+
+@overload
+def on(event_type: type[_E], callback: Callable[[TrainState, _E], TrainState]) -> Callback: ...
+
+
+@overload
+def on(event_type: tuple[type, ...], callback: Callback) -> Callback: ...
+
+
+def on(event_type: type | tuple[type, ...], callback: Callable[..., TrainState]) -> Callback:
     """Call ``callback`` only for events of ``event_type`` (a type or a tuple of types).
 
     Example:

@@ -7,12 +7,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._callback import chain, check_callbacks, check_memory
+from ._callback import chain, check_callbacks, check_memory, on
 from ._checkpoint import latest_checkpoint, load
 from ._data import prepare_loader
 from ._epoch import eval_epoch, train_epoch
 from ._errors import check_int
-from ._events import EvalEnd, Event, FitEnd, FitStart, Interrupted, StepEnd
+from ._events import EvalEnd, FitEnd, FitStart, Interrupted, StepEnd
 from ._schedulers import step_plateau_scheduler
 from ._signals import catch_signals
 from ._state import TrainState, check_live, update
@@ -94,21 +94,19 @@ def fit(
     history: list[dict[str, Any]] = []
     mid_epoch_val = val is not None and val_every_n_steps is not None
 
-    def epoch_callback(state: TrainState, event: Event) -> TrainState:
-        # The user's callbacks, then what fit adds after a step: validation every n steps (a
-        # history row of its own) and stopping on a signal.
-        if callbacks:
-            state = user_cb(state, event)
-        if isinstance(event, StepEnd):
-            if mid_epoch_val and event.step % val_every_n_steps == 0:  # type: ignore[operator]
-                state, metrics = _validate(state, val, state.epoch, user_cb, limit_val_batches)
-                history.append({"epoch": state.epoch, "step": state.step, **metrics})
-            if signalled:
-                state = update(state, should_stop=True)
-        return state
+    def after_step(state: TrainState, event: StepEnd) -> TrainState:
+        # What fit adds after a step: validation every n steps (a history row of its own) and
+        # stopping on a signal.
+        if mid_epoch_val and event.step % val_every_n_steps == 0:  # type: ignore[operator]
+            state, metrics = _validate(state, val, state.epoch, user_cb, limit_val_batches)
+            history.append({"epoch": state.epoch, "step": state.step, **metrics})
+        return update(state, should_stop=True) if signalled else state
 
-    # With nothing to add, train_epoch gets no callbacks and skips per-step event dispatch.
-    epoch_callbacks = (chain(epoch_callback),) if callbacks or stop_signals or mid_epoch_val else ()
+    # With nothing to call, train_epoch gets no callbacks and skips per-step event dispatch.
+    epoch_callbacks = [user_cb] if callbacks else []
+    if mid_epoch_val or stop_signals:
+        epoch_callbacks.append(on(StepEnd, after_step))
+    epoch_callback = (chain(*epoch_callbacks),) if epoch_callbacks else ()
     start = FitStart(
         step=state.step,
         epoch=state.epoch,
@@ -124,7 +122,7 @@ def fit(
             state, logs = train_epoch(
                 state,
                 train,
-                epoch_callbacks,
+                epoch_callback,
                 step_fn=step_fn,
                 max_batches=limit_train_batches,
                 max_steps=max_steps,
