@@ -28,7 +28,6 @@ from ._typing import Callback, StepFn
 
 __all__ = ["eval_epoch", "train_epoch"]
 
-Sums = Mapping[str, tuple[float, float]]
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 
