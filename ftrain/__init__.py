@@ -23,6 +23,8 @@ from ._checkpoint import save as save
 from ._data import DevicePrefetcher as DevicePrefetcher
 from ._data import EpochSampler as EpochSampler
 from ._data import prepare_loader as prepare_loader
+from ._epoch import eval_epoch as eval_epoch
+from ._epoch import train_epoch as train_epoch
 from ._errors import CallbackSignatureError as CallbackSignatureError
 from ._errors import CheckpointError as CheckpointError
 from ._errors import FtrainError as FtrainError
@@ -32,14 +34,13 @@ from ._errors import StaleStateError as StaleStateError
 from ._events import EpochEnd as EpochEnd
 from ._events import EpochStart as EpochStart
 from ._events import EvalEnd as EvalEnd
+from ._events import Event as Event
 from ._events import FitEnd as FitEnd
 from ._events import FitStart as FitStart
 from ._events import Interrupted as Interrupted
 from ._events import IntervalEnd as IntervalEnd
 from ._events import StepEnd as StepEnd
-from ._loop import eval_epoch as eval_epoch
-from ._loop import fit as fit
-from ._loop import train_epoch as train_epoch
+from ._fit import fit as fit
 from ._loss import supervised as supervised
 from ._place import place as place
 from ._plot import plot_history as plot_history
@@ -78,6 +79,7 @@ __all__ = (
     "EpochSampler",
     "EpochStart",
     "EvalEnd",
+    "Event",
     "FitEnd",
     "FitStart",
     "FtrainError",

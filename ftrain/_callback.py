@@ -1,30 +1,31 @@
 """Callback combinators: `chain`, `every`, `on`, `when`.
 
 A callback is any callable ``(state, event) -> state``. These helpers build new callbacks from old
-ones; they hold no mutable state of their own.
+ones; they hold no mutable state of their own. Callbacks with memory (`CallbackWithMemory`) are
+checked here for names that collide, when they are chained and when `fit` starts.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar, overload
 
 import attrs
 
-from ._errors import CallbackSignatureError
-from ._events import EpochEnd, EvalEnd, IntervalEnd, StepEnd
+from ._errors import CallbackSignatureError, check_int
+from ._events import EpochEnd, EvalEnd, Event, IntervalEnd, StepEnd
 from ._state import TrainState
-from ._typing import Callback
+from ._typing import Callback, CallbackWithMemory
 
-__all__ = ["chain", "check_callbacks", "every", "on", "when"]
+__all__ = ["chain", "check_callbacks", "check_memory", "every", "on", "when"]
 
 
 @attrs.frozen
 class _Chain:
     callbacks: tuple[Callback, ...]
 
-    def __call__(self, state: TrainState, event: Any) -> TrainState:
+    def __call__(self, state: TrainState, event: Event) -> TrainState:
         for cb in self.callbacks:
             new = cb(state, event)
             if type(new) is not TrainState:
@@ -38,12 +39,18 @@ def chain(*callbacks: Callback) -> Callback:
 
     The order is the order given, every time, for every event: no hidden priorities.
 
+    Raises:
+        CallbackSignatureError: a callback cannot be called as ``cb(state, event)``.
+        ValueError: two callbacks keep their memory under one ``name`` in
+            ``state.callback_state`` (give one of them another ``name=``).
+
     Example:
         >>> import ftrain
         >>> seen = []
         >>> log = lambda state, event: (seen.append(type(event).__name__), state)[1]
         >>> cb = ftrain.chain(log, log)
-        >>> state = cb(ftrain.testing.toy_state(), ftrain.FitStart(0, 0, 1, None))
+        >>> start = ftrain.FitStart(step=0, epoch=0, max_epochs=1, max_steps=None)
+        >>> state = cb(ftrain.testing.toy_state(), start)
         >>> seen
         ['FitStart', 'FitStart']
     """
@@ -52,6 +59,7 @@ def chain(*callbacks: Callback) -> Callback:
     flat: list[Callback] = []
     for cb in check_callbacks(callbacks, "chain"):
         flat.extend(cb.callbacks if isinstance(cb, _Chain) else (cb,))
+    _check_unique_names(flat)
     return _Chain(tuple(flat))
 
 
@@ -60,19 +68,31 @@ class _On:
     types: tuple[type, ...]
     callback: Callback
 
-    def __call__(self, state: TrainState, event: Any) -> TrainState:
+    def __call__(self, state: TrainState, event: Event) -> TrainState:
         if isinstance(event, self.types):
             return self.callback(state, event)
         return state
 
 
-def on(event_type: type | tuple[type, ...], callback: Callback) -> Callback:
+_E = TypeVar("_E")
+
+
+@overload
+def on(event_type: type[_E], callback: Callable[[TrainState, _E], TrainState]) -> Callback: ...
+
+
+@overload
+def on(event_type: tuple[type, ...], callback: Callback) -> Callback: ...
+
+
+def on(event_type: type | tuple[type, ...], callback: Callable[..., TrainState]) -> Callback:
     """Call ``callback`` only for events of ``event_type`` (a type or a tuple of types).
 
     Example:
         >>> import ftrain
         >>> cb = ftrain.on(ftrain.EpochEnd, lambda state, event: state.replace(should_stop=True))
-        >>> cb(ftrain.testing.toy_state(), ftrain.FitStart(0, 0, 1, None)).should_stop
+        >>> start = ftrain.FitStart(step=0, epoch=0, max_epochs=1, max_steps=None)
+        >>> cb(ftrain.testing.toy_state(), start).should_stop
         False
     """
     types = event_type if isinstance(event_type, tuple) else (event_type,)
@@ -97,7 +117,7 @@ class _Every:
     event_type: type
     callback: Callback
 
-    def __call__(self, state: TrainState, event: Any) -> TrainState:
+    def __call__(self, state: TrainState, event: Event) -> TrainState:
         if isinstance(event, self.event_type) and _COUNTERS[self.event_type](event) % self.n == 0:
             return self.callback(state, event)
         return state
@@ -116,9 +136,7 @@ def every(n: int, callback: Callback, *, event_type: type = StepEnd) -> Callback
         >>> cb(ftrain.testing.toy_state(), event).should_stop
         True
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        msg = f"`n` must be a positive int (got {n!r})."
-        raise ValueError(msg)
+    check_int("n", n, minimum=1)
     if event_type not in _COUNTERS:
         names = ", ".join(t.__name__ for t in _COUNTERS)
         msg = f"`event_type` must be one of {names} (got {event_type!r})."
@@ -132,7 +150,7 @@ class _When:
     predicate: Callable[[TrainState, Any], bool]
     callback: Callback
 
-    def __call__(self, state: TrainState, event: Any) -> TrainState:
+    def __call__(self, state: TrainState, event: Event) -> TrainState:
         return self.callback(state, event) if self.predicate(state, event) else state
 
 
@@ -195,3 +213,49 @@ def _not_a_state(result: Any, cb: Any, event: Any) -> None:
         f"{type(event).__name__}). An observer returns the state it was given."
     )
     raise CallbackSignatureError(msg)
+
+
+def _with_memory(callbacks: Iterable[Any]) -> Iterator[CallbackWithMemory]:
+    """The callbacks with memory in ``callbacks``, looking inside chain/on/every/when."""
+    for cb in callbacks:
+        if isinstance(cb, _Chain):
+            yield from _with_memory(cb.callbacks)
+        elif isinstance(cb, _On | _Every | _When):
+            yield from _with_memory((cb.callback,))
+        elif isinstance(cb, CallbackWithMemory):
+            yield cb
+
+
+def _check_unique_names(callbacks: Sequence[Callback]) -> None:
+    owners: dict[str, CallbackWithMemory] = {}
+    for cb in _with_memory(callbacks):
+        first = owners.setdefault(cb.name, cb)
+        if first is not cb:
+            a, b = _label(first), _label(cb)
+            both = f"two {a} callbacks" if a == b else f"callbacks {a} and {b}"
+            msg = (
+                f"{both} both keep their memory in "
+                f"`state.callback_state[{cb.name!r}]`, so each would read the other's. Give one "
+                f"of them its own `name=`, e.g. {type(cb).__name__}(..., name={cb.name + '_2'!r})."
+            )
+            raise ValueError(msg)
+
+
+def check_memory(state: TrainState, callback: Callback) -> None:
+    """Refuse a callback whose memory name holds something else in ``state.callback_state``
+    (user run state, or another callback's record from a checkpoint)."""
+    for cb in _with_memory((callback,)):
+        held = state.callback_state.get(cb.name)
+        if held is not None and not isinstance(held, cb.memory_type):
+            msg = (
+                f"callback {_label(cb)} keeps a {cb.memory_type.__name__} in "
+                f"`state.callback_state[{cb.name!r}]`, but the state holds a "
+                f"{type(held).__name__} there. Give the callback its own `name=`, e.g. "
+                f"{type(cb).__name__}(..., name={cb.name + '_2'!r}), or store the other value "
+                "under another key."
+            )
+            raise ValueError(msg)
+
+
+def _label(cb: object) -> str:
+    return repr(cb) if attrs.has(type(cb)) else type(cb).__name__

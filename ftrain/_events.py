@@ -1,7 +1,9 @@
 """The small frozen records `fit` and the epoch functions emit to callbacks.
 
 Events are types, not method names: a callback dispatches on ``isinstance(event, EpochEnd)`` or is
-wrapped with `ftrain.on`. The order for one run is::
+wrapped with `ftrain.on`. Every event is keyword-only and starts with the same two fields,
+``step`` (optimizer steps so far) and ``epoch`` (the index of the epoch it belongs to), then its
+own. The order for one run is::
 
     FitStart
       EpochStart, (StepEnd, [IntervalEnd])*, EpochEnd, [EvalEnd]     once per epoch
@@ -13,13 +15,14 @@ stop signal `fit` was asked to handle (then `FitEnd` follows and `fit` returns n
 ``IntervalEnd`` comes every ``log_every_n_steps`` optimizer steps, with metrics already brought to
 the host (and averaged across processes): loggers listen to it and never sync on their own.
 ``EvalEnd`` also comes mid-epoch when validation runs every N steps. Epoch indices are 0-based,
-as in ``DistributedSampler.set_epoch``; ``state.epoch`` counts completed epochs.
+as in ``DistributedSampler.set_epoch``; ``state.epoch`` counts completed epochs, so on `EpochEnd`
+``event.epoch == state.epoch - 1``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 import attrs
 import torch
@@ -28,6 +31,7 @@ __all__ = [
     "EpochEnd",
     "EpochStart",
     "EvalEnd",
+    "Event",
     "FitEnd",
     "FitStart",
     "Interrupted",
@@ -36,7 +40,7 @@ __all__ = [
 ]
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class FitStart:
     """`fit` is starting (also when it continues a resumed run).
 
@@ -51,18 +55,23 @@ class FitStart:
     val_every_n_epochs: int | None = None
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class EpochStart:
-    """An epoch (index ``epoch``) starts or resumes at batch ``first_batch``."""
+    """An epoch starts, or resumes at batch ``first_batch``; ``num_batches`` is None when the
+    loader has no length."""
 
+    step: int
     epoch: int
     num_batches: int | None
     first_batch: int = 0
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class StepEnd:
-    """A training batch was processed. ``metrics`` are device tensors: reading them syncs."""
+    """A training batch (index ``batch`` in the epoch) was processed.
+
+    ``metrics`` are device tensors: reading them syncs.
+    """
 
     step: int
     epoch: int
@@ -71,7 +80,7 @@ class StepEnd:
     batch_size: int
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class IntervalEnd:
     """End of a log interval: sample-weighted means over it, as floats (one sync per interval)."""
 
@@ -80,26 +89,26 @@ class IntervalEnd:
     metrics: Mapping[str, float]
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class EpochEnd:
     """An epoch finished. ``metrics`` hold ``train_*`` means, ``lr``, ``epoch_time`` and
     ``samples_per_sec``."""
 
-    epoch: int
     step: int
+    epoch: int
     metrics: Mapping[str, float]
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class EvalEnd:
     """Validation finished. ``metrics`` hold ``val_*`` means over every validation sample."""
 
-    epoch: int
     step: int
+    epoch: int
     metrics: Mapping[str, float]
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class FitEnd:
     """`fit` is returning. ``history`` is what it returns beside the state."""
 
@@ -108,14 +117,20 @@ class FitEnd:
     history: tuple[Mapping[str, Any], ...]
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class Interrupted:
-    """Training was cut short at ``step``: ``reason`` is ``"signal"`` or ``"exception"``.
+    """Training was cut short at ``step``, by a stop signal or by ``error``.
 
     The state given with it is the last consistent one (after the last completed batch).
     """
 
     step: int
     epoch: int
-    reason: str
+    reason: Literal["signal", "exception"]
     error: BaseException | None = None
+
+
+Event: TypeAlias = (
+    FitStart | EpochStart | StepEnd | IntervalEnd | EpochEnd | EvalEnd | Interrupted | FitEnd
+)
+"""Any event `fit` or `train_epoch` emits: what a `Callback` is called with."""

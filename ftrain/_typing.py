@@ -13,11 +13,13 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
+    from ._events import Event
     from ._state import TrainState
 
 __all__ = [
     "Batch",
     "Callback",
+    "CallbackWithMemory",
     "Loader",
     "LossFn",
     "LossOutput",
@@ -63,7 +65,7 @@ class Callback(Protocol):
     An observer returns `state` unchanged; a callback that acts returns an evolved state.
     """
 
-    def __call__(self, state: TrainState, event: Any, /) -> TrainState: ...
+    def __call__(self, state: TrainState, event: Event, /) -> TrainState: ...
 
 
 @runtime_checkable
@@ -86,3 +88,19 @@ class Strategy(Protocol):
     def reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum a tensor over all processes (identity on one process)."""
         ...
+
+
+@runtime_checkable
+class CallbackWithMemory(Callback, Protocol):
+    """A callback that keeps memory in ``state.callback_state[name]``.
+
+    ``name`` is its key there (unique in a run: `fit` and `chain` refuse two callbacks with one
+    name) and ``memory_type`` the type of what it keeps under it (`fit` refuses a state that holds
+    something else under that name).
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def memory_type(self) -> type: ...

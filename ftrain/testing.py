@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ._checkpoint import load, save
-from ._loop import fit
+from ._fit import fit
 from ._loss import supervised
 from ._state import TrainState, fork
 from ._step import eval_step, forward_backward, train_step

@@ -11,6 +11,7 @@ from helpers import make_classifier, make_loaders
 import ftrain
 from ftrain import EpochEnd, EpochStart, EvalEnd, FitEnd, FitStart, IntervalEnd, StepEnd
 from ftrain.callbacks import (
+    Checkpoint,
     CSVLogger,
     EarlyStopping,
     LearningRateMonitor,
@@ -26,7 +27,7 @@ from ftrain.testing import toy_state
 
 
 def _eval(loss, epoch=0):
-    return EvalEnd(epoch=epoch, step=epoch * 10, metrics={"val_loss": loss, "val_acc": 1 - loss})
+    return EvalEnd(step=epoch * 10, epoch=epoch, metrics={"val_loss": loss, "val_acc": 1 - loss})
 
 
 def test_early_stopping_counts_patience_in_the_state():
@@ -57,8 +58,8 @@ def test_early_stopping_is_pure():
 
 def test_early_stopping_on_train_metric_listens_to_epoch_end():
     stop = EarlyStopping(monitor="train_loss", patience=1)
-    state = stop(toy_state(), EpochEnd(0, 5, {"train_loss": 1.0}))
-    state = stop(state, EpochEnd(1, 10, {"train_loss": 2.0}))
+    state = stop(toy_state(), EpochEnd(step=5, epoch=0, metrics={"train_loss": 1.0}))
+    state = stop(state, EpochEnd(step=10, epoch=1, metrics={"train_loss": 2.0}))
     assert state.should_stop
 
 
@@ -78,9 +79,14 @@ def test_progress_bar_syncs_only_at_refresh(monkeypatch):
     original = torch.Tensor.__float__
     monkeypatch.setattr(torch.Tensor, "__float__", lambda t: (reads.append(1), original(t))[1])
     bar = ProgressBar(refresh_rate=3600, file=io.StringIO())
-    state = bar(toy_state(), EpochStart(0, 100))
+    state = bar(toy_state(), EpochStart(step=0, epoch=0, num_batches=100))
     for i in range(50):
-        state = bar(state, StepEnd(i + 1, 0, i, {"loss": torch.tensor(1.0)}, 4))
+        state = bar(
+            state,
+            StepEnd(
+                step=i + 1, epoch=0, batch=i, metrics={"loss": torch.tensor(1.0)}, batch_size=4
+            ),
+        )
     assert reads == []
 
 
@@ -120,9 +126,9 @@ def test_csv_logger_writes_interval_epoch_and_val_rows(tmp_path):
 
 
 def test_csv_logger_appends_when_resuming(tmp_path):
-    CSVLogger(tmp_path)(toy_state(), EpochEnd(0, 5, {"train_loss": 1.0}))
+    CSVLogger(tmp_path)(toy_state(), EpochEnd(step=5, epoch=0, metrics={"train_loss": 1.0}))
     log = CSVLogger(tmp_path / "metrics.csv", append=True)
-    log(toy_state(), EvalEnd(0, 5, {"val_loss": 2.0}))
+    log(toy_state(), EvalEnd(step=5, epoch=0, metrics={"val_loss": 2.0}))
     rows = list(csv.DictReader((tmp_path / "metrics.csv").read_text().splitlines()))
     assert [(r["event"], r["train_loss"], r["val_loss"]) for r in rows] == [
         ("epoch", "1.0", ""),
@@ -158,23 +164,26 @@ def test_learning_rate_monitor_records_every_group():
         loss_fn=lambda m, b: m(b).sum(),
     )
     mon = LearningRateMonitor()
-    state = mon(state, IntervalEnd(10, 0, {}))
-    state = mon(state, EpochEnd(0, 10, {}))  # ignored at interval="step"
+    state = mon(state, IntervalEnd(step=10, epoch=0, metrics={}))
+    state = mon(state, EpochEnd(step=10, epoch=0, metrics={}))  # ignored at interval="step"
     assert state.callback_state["lr_monitor"] == ((10, (0.1, 0.5)),)
 
 
 def test_terminate_on_nan_stops_gracefully():
     cb = TerminateOnNaN()
-    state = cb(toy_state(), EvalEnd(0, 4, {"val_loss": math.nan}))
+    state = cb(toy_state(), EvalEnd(step=4, epoch=0, metrics={"val_loss": math.nan}))
     assert state.should_stop and state.callback_state["terminate_on_nan"]["metrics"] == (
         "val_loss",
     )
-    assert not cb(toy_state(), EvalEnd(0, 4, {"val_loss": 1.0})).should_stop
+    assert not cb(toy_state(), EvalEnd(step=4, epoch=0, metrics={"val_loss": 1.0})).should_stop
     per_step = TerminateOnNaN(check_every_n_steps=2)
-    event = StepEnd(2, 0, 1, {"loss": torch.tensor(math.inf)}, 4)
+    event = StepEnd(
+        step=2, epoch=0, batch=1, metrics={"loss": torch.tensor(math.inf)}, batch_size=4
+    )
     assert per_step(toy_state(), event).should_stop
     assert not per_step(
-        toy_state(), StepEnd(3, 0, 2, {"loss": torch.tensor(math.inf)}, 4)
+        toy_state(),
+        StepEnd(step=3, epoch=0, batch=2, metrics={"loss": torch.tensor(math.inf)}, batch_size=4),
     ).should_stop
 
 
@@ -185,8 +194,8 @@ def test_timer_stops_fit_and_remembers_elapsed_time():
     assert state.step == 1 and memory.stopped_at_step == 1 and history == []
     timer = Timer(max_time="00:00:00:01")
     assert timer.max_seconds == 1.0
-    state = timer(toy_state(), FitStart(0, 0, 1, None))
-    state = timer(state, FitEnd(0, 0, ()))
+    state = timer(toy_state(), FitStart(step=0, epoch=0, max_epochs=1, max_steps=None))
+    state = timer(state, FitEnd(step=0, epoch=0, history=()))
     assert 0 <= state.callback_state["timer"].elapsed < 1 and not state.should_stop
     with pytest.raises(ValueError, match="`max_time` must be"):
         Timer("1 hour")
@@ -196,10 +205,10 @@ def test_observers_return_the_state_unchanged():
     state = toy_state()
     for cb in (ProgressBar(file=io.StringIO()), ModelSummary(print_fn=lambda line: None)):
         for event in (
-            FitStart(0, 0, 1, None),
-            EpochStart(0, 1),
-            EpochEnd(0, 1, {}),
-            FitEnd(1, 1, ()),
+            FitStart(step=0, epoch=0, max_epochs=1, max_steps=None),
+            EpochStart(step=0, epoch=0, num_batches=1),
+            EpochEnd(step=1, epoch=0, metrics={}),
+            FitEnd(step=1, epoch=1, history=()),
         ):
             assert cb(state, event) is state
 
@@ -231,4 +240,31 @@ def test_missing_optional_extras_name_the_extra(monkeypatch):
     with pytest.raises(ImportError, match=r"pip install 'torch-ftrain\[rich\]'"):
         RichProgressBar()
     with pytest.raises(ImportError, match=r"torch-ftrain\[tensorboard\]"):
-        TensorBoardLogger("unused")(toy_state(), IntervalEnd(1, 0, {"train_loss": 1.0}))
+        TensorBoardLogger("unused")(
+            toy_state(), IntervalEnd(step=1, epoch=0, metrics={"train_loss": 1.0})
+        )
+
+
+@pytest.mark.parametrize(
+    ("build", "error", "match"),
+    [
+        (lambda: EarlyStopping(patience=1.5), TypeError, r"`patience` must be an int >= 0"),
+        (lambda: EarlyStopping(mode="maximum"), ValueError, r"`mode` must be one of None"),
+        (lambda: Checkpoint("d", save_top_k=-1), ValueError, r"`save_top_k` must be an int >= 0"),
+        (lambda: Checkpoint("d", keep_last=0), ValueError, r"`keep_last` must be an int >= 1 \("),
+        (lambda: Checkpoint("d", every_n_steps=2.0), TypeError, r"`every_n_steps` must be an int"),
+        (lambda: Checkpoint("d", mode="best"), ValueError, r"`mode` must be one of"),
+        (lambda: Timer(max_time=[1]), TypeError, r"`max_time` must be a timedelta"),
+        (lambda: LearningRateMonitor(interval="batch"), ValueError, r"`interval` must be one of"),
+    ],
+)
+def test_callbacks_reject_bad_arguments(build, error, match):
+    with pytest.raises(error, match=match):
+        build()
+
+
+def test_checkpoint_and_early_stopping_infer_the_same_mode():
+    for monitor, mode in (("val_acc", "max"), ("val_loss", "min"), (None, "min")):
+        assert Checkpoint("d", monitor=monitor).mode == mode
+        if monitor is not None:
+            assert EarlyStopping(monitor=monitor).resolved_mode == mode

@@ -35,7 +35,7 @@ def test_every_counts_steps_and_epochs(tiny_state):
     assert len(log) == 3
     epochs = ftrain.every(2, _mark("e", log), event_type=EpochEnd)
     for e in range(4):
-        epochs(tiny_state, EpochEnd(epoch=e, step=0, metrics={}))
+        epochs(tiny_state, EpochEnd(step=0, epoch=e, metrics={}))
     assert log.count("e") == 2
 
 
@@ -43,7 +43,7 @@ def test_on_and_when_filter(tiny_state):
     log = []
     cb = ftrain.on((EpochEnd,), _mark("epoch", log))
     cb(tiny_state, _step(1))
-    cb(tiny_state, EpochEnd(0, 0, {}))
+    cb(tiny_state, EpochEnd(step=0, epoch=0, metrics={}))
     late = ftrain.when(lambda s, e: e.step > 5, _mark("late", log))
     late(tiny_state, _step(3))
     late(tiny_state, _step(6))
@@ -53,7 +53,7 @@ def test_on_and_when_filter(tiny_state):
 def test_combinators_check_signatures_at_registration():
     with pytest.raises(ftrain.CallbackSignatureError, match=r"must accept \(state, event\)"):
         ftrain.chain(lambda state: state)
-    with pytest.raises(ValueError, match="`n` must be a positive int"):
+    with pytest.raises(ValueError, match=r"`n` must be an int >= 1 \(got 0\)"):
         ftrain.every(0, lambda s, e: s)
     with pytest.raises(ValueError, match="event_type"):
         ftrain.every(2, lambda s, e: s, event_type=int)

@@ -126,7 +126,9 @@ def test_early_stopping_stops_fit_and_keeps_its_memory_in_the_state():
 
     def worsening(state, event):  # feed EarlyStopping a val_loss that never improves
         if isinstance(event, EvalEnd):
-            event = EvalEnd(event.epoch, event.step, {"val_loss": float(event.epoch)})
+            event = EvalEnd(
+                step=event.step, epoch=event.epoch, metrics={"val_loss": float(event.epoch)}
+            )
             return stopper(state, event)
         return state
 
@@ -140,7 +142,7 @@ def test_early_stopping_stops_fit_and_keeps_its_memory_in_the_state():
 def test_early_stopping_lists_available_metrics():
     train, val = make_loaders()
     stop = ftrain.callbacks.EarlyStopping(monitor="val_los")
-    with pytest.raises(KeyError, match="available: val_acc, val_loss"):
+    with pytest.raises(ValueError, match="available: val_acc, val_loss"):
         ftrain.fit(make_classifier(), (train, val), [stop], max_epochs=1)
 
 
@@ -203,9 +205,14 @@ def test_nonfinite_loss_stops_training_with_the_batch():
         (
             {"max_epochs": -1},
             ValueError,
-            r"`max_epochs` must be a non-negative int or None \(got -1\)",
+            r"`max_epochs` must be an int >= 0 or None \(got -1\)",
         ),
-        ({"max_epochs": 1.5}, ValueError, "max_epochs"),
+        (
+            {"max_epochs": 1.5},
+            TypeError,
+            r"`max_epochs` must be an int >= 0 or None \(got float 1.5\)",
+        ),
+        ({"max_epochs": 1, "max_steps": "10"}, TypeError, "max_steps"),
         ({"max_steps": -3}, ValueError, "max_steps"),
         ({"max_epochs": 1, "val_every_n_epochs": 0}, ValueError, "val_every_n_epochs"),
         ({"max_epochs": 1, "log_every_n_steps": 0}, ValueError, "log_every_n_steps"),
@@ -270,3 +277,67 @@ def test_callbacks_see_events_with_consistent_counters():
             assert event.epoch == epoch and event.num_batches == 3
     kinds = {type(e) for e, _, _ in seen}
     assert {FitStart, FitEnd, EvalEnd} <= kinds
+
+
+def test_an_exception_folds_the_open_interval_into_the_state_callbacks_see():
+    batches = [ftrain.testing.toy_batch(n=4, seed=i) for i in range(6)]
+    seen = {}
+
+    def fail_at_step_5(state, event):
+        if isinstance(event, StepEnd) and event.step == 5:
+            raise RuntimeError("boom")
+        if isinstance(event, ftrain.Interrupted):
+            seen["state"], seen["event"] = state, event
+        return state
+
+    with pytest.raises(RuntimeError, match="boom"):
+        ftrain.fit(ftrain.testing.toy_state(), batches, [fail_at_step_5], max_epochs=1,
+                   log_every_n_steps=2)  # fmt: skip
+    state, event = seen["state"], seen["event"]
+    assert event.reason == "exception" and str(event.error) == "boom"
+    # Intervals closed at steps 2 and 4; batch 5 was still open: folded in, 5 batches of 4.
+    assert state.epoch_batch == 5 and state.epoch_totals["loss"][1] == 20.0
+
+    straight = ftrain.testing.toy_state()
+    losses = []
+    for b in batches[:5]:
+        straight, metrics = ftrain.train_step(straight, b)
+        losses.append(float(metrics["loss"]))
+    assert state.epoch_totals["loss"][0] == pytest.approx(4 * sum(losses), rel=1e-12)
+
+
+def test_an_interval_that_cannot_be_summed_on_an_exception_warns(tiny_state, batch):
+    def bad_metrics(state, b):
+        state, _ = ftrain.train_step(state, b)
+        return state, {"loss": torch.ones(2)}  # not a scalar: cannot be summed
+
+    def fail(state, event):
+        if isinstance(event, StepEnd):
+            raise RuntimeError("boom")
+        return state
+
+    with pytest.warns(UserWarning, match="could not be summed"), pytest.raises(RuntimeError):
+        ftrain.fit(tiny_state, [batch], [fail], max_epochs=1, step_fn=bad_metrics)
+
+
+def test_two_callbacks_with_one_memory_name_are_refused_before_training(tiny_state, batch):
+    loss = ftrain.callbacks.EarlyStopping(monitor="val_loss")
+    acc = ftrain.callbacks.EarlyStopping(monitor="val_acc")
+    with pytest.raises(ValueError, match=r"callback_state\['early_stopping'\].*`name=`") as info:
+        ftrain.fit(tiny_state, [batch], [loss, ftrain.every(2, acc)], max_epochs=1)
+    assert "val_loss" in str(info.value) and "val_acc" in str(info.value)
+    assert tiny_state.is_live and tiny_state.step == 0
+    named = ftrain.callbacks.EarlyStopping(monitor="val_loss", patience=1, name="stop_fast")
+    with pytest.raises(ValueError, match="two Checkpoint callbacks"):
+        ftrain.chain(ftrain.callbacks.Checkpoint("a"), ftrain.callbacks.Checkpoint("b"))
+    state, _ = ftrain.fit(tiny_state, ([batch], [batch]), [loss, named], max_epochs=1)
+    assert {"early_stopping", "stop_fast"} <= set(state.callback_state)
+
+
+def test_a_callback_and_user_state_claiming_one_name_are_refused(tiny_state, batch):
+    state = tiny_state.replace(callback_state={"timer": {"started": "yesterday"}})
+    with pytest.raises(ValueError, match=r"TimerState in `state.callback_state\['timer'\]`.*dict"):
+        ftrain.fit(state, [batch], [ftrain.callbacks.Timer(max_time=60)], max_epochs=1)
+    renamed = ftrain.callbacks.Timer(max_time=60, name="wall_clock")
+    state, _ = ftrain.fit(state, [batch], [renamed], max_epochs=1)
+    assert state.callback_state["timer"] == {"started": "yesterday"}

@@ -4,7 +4,7 @@ import ftrain
 
 TOP_LEVEL = [
     "Callback", "CallbackSignatureError", "CheckpointError", "DDP", "DevicePrefetcher",
-    "EpochEnd", "EpochSampler", "EpochStart", "EvalEnd", "FSDP", "FitEnd", "FitStart",
+    "EpochEnd", "EpochSampler", "EpochStart", "EvalEnd", "Event", "FSDP", "FitEnd", "FitStart",
     "FtrainError", "Interrupted", "IntervalEnd", "LossFn", "NonFiniteError", "PlacementError",
     "SingleDevice", "StaleStateError", "Step", "StepEnd", "StepFn", "Strategy", "TrainState",
     "__version__", "apply_gradients", "as_step", "batch_size", "callbacks", "chain",

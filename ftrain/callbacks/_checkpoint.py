@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
@@ -18,9 +19,10 @@ from .._checkpoint import (
     remove_leftovers,
     save,
 )
-from .._errors import FtrainError
-from .._events import EpochEnd, EvalEnd, FitStart, Interrupted, IntervalEnd
+from .._errors import FtrainError, check_int, check_type
+from .._events import EpochEnd, EvalEnd, Event, FitStart, Interrupted, IntervalEnd
 from .._state import TrainState
+from ._mode import resolve_mode
 
 __all__ = ["Checkpoint", "CheckpointState"]
 
@@ -28,11 +30,12 @@ __all__ = ["Checkpoint", "CheckpointState"]
 @checkpoint_record
 @attrs.frozen
 class CheckpointState:
-    """Checkpoint's memory: the retained best files as ``(value, name)``, best first, and the
-    last file written."""
+    """Checkpoint's memory: the retained best files as ``(value, name)``, best first, the last
+    file written, and how often the current `fit` validates (from its `FitStart`)."""
 
     best: tuple[tuple[float, str], ...] = ()
     last: str | None = None
+    val_every_n_epochs: int | None = None
 
 
 class Checkpoint:
@@ -60,6 +63,8 @@ class Checkpoint:
         name: the key of its memory in ``state.callback_state``.
     """
 
+    memory_type: ClassVar[type] = CheckpointState
+
     def __init__(
         self,
         dirpath: str | os.PathLike[str],
@@ -73,37 +78,34 @@ class Checkpoint:
         save_on_interrupt: bool = True,
         name: str = "checkpoint",
     ):
-        for arg, value in (("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                msg = f"`{arg}` must be a positive int or None (got {value!r})."
-                raise ValueError(msg)
-        if mode not in (None, "min", "max"):
-            msg = f"`mode` must be 'min', 'max' or None (got {mode!r})."
-            raise ValueError(msg)
-        if save_top_k < 0 or keep_last < 1:
-            msg = f"`save_top_k` must be >= 0 and `keep_last` >= 1 (got {save_top_k}, {keep_last})."
-            raise ValueError(msg)
+        check_int("every_n_steps", every_n_steps, minimum=1, optional=True)
+        check_int("every_n_epochs", every_n_epochs, minimum=1, optional=True)
+        check_type("monitor", monitor, (str, type(None)), "a metric name (str) or None")
+        check_int("save_top_k", save_top_k)
+        check_int("keep_last", keep_last, minimum=1)
+        check_type("name", name, str, "a str")
         self.dirpath = Path(dirpath)
         self.every_n_steps = every_n_steps
         self.every_n_epochs = every_n_epochs
         self.monitor = monitor
-        self.mode = mode or ("max" if monitor and "acc" in monitor else "min")
+        self.mode = resolve_mode(mode, monitor)
         self.save_top_k = save_top_k
         self.keep_last = keep_last
         self.save_on_interrupt = save_on_interrupt
         self.name = name
-        self._val_every: int | None = None
 
-    def __call__(self, state: TrainState, event: Any) -> TrainState:
+    def __call__(self, state: TrainState, event: Event) -> TrainState:
         if isinstance(event, FitStart):
             self._start(event)
+            memory = self._memory(state)
+            if memory.val_every_n_epochs != event.val_every_n_epochs:
+                memory = attrs.evolve(memory, val_every_n_epochs=event.val_every_n_epochs)
+                return state.replace(callback_state={**state.callback_state, self.name: memory})
         elif isinstance(event, IntervalEnd):
             if self.every_n_steps and event.step % self.every_n_steps == 0:
                 return self.save(state, event.metrics)
         elif isinstance(event, EpochEnd):
-            if self._epoch_due(event.epoch) and not self._validated(event.epoch):
+            if self._epoch_due(event.epoch) and not self._validated(state, event.epoch):
                 return self.save(state, event.metrics)
         elif isinstance(event, EvalEnd):
             at_epoch_end = state.epoch_batch == 0 and state.epoch == event.epoch + 1
@@ -116,16 +118,16 @@ class Checkpoint:
                 warnings.warn(f"No checkpoint written at the interruption: {err}", stacklevel=2)
         return state
 
-    def save(self, state: TrainState, metrics: Any) -> TrainState:
+    def save(self, state: TrainState, metrics: Mapping[str, Any]) -> TrainState:
         """Save ``state`` now (returns it with the updated memory), then apply retention."""
-        memory = state.callback_state.get(self.name, CheckpointState())
+        memory = self._memory(state)
         fname = checkpoint_name(state.step)
         best = [b for b in memory.best if b[1] != fname]
         value = metrics.get(self.monitor) if self.monitor else None
         if isinstance(value, float) and math.isfinite(value):
             best.append((value, fname))
             best.sort(key=lambda b: b[0], reverse=self.mode == "max")
-        memory = CheckpointState(best=tuple(best[: self.save_top_k]), last=fname)
+        memory = attrs.evolve(memory, best=tuple(best[: self.save_top_k]), last=fname)
         state = state.replace(callback_state={**state.callback_state, self.name: memory})
         save(state, self.dirpath / fname)  # commit first ...
         if state.rank == 0:
@@ -140,14 +142,18 @@ class Checkpoint:
                 "log-interval ends, where the epoch's logs are complete."
             )
             raise ValueError(msg)
-        self._val_every = event.val_every_n_epochs
         remove_leftovers(self.dirpath)
 
     def _epoch_due(self, epoch: int) -> bool:
         return self.every_n_epochs is not None and (epoch + 1) % self.every_n_epochs == 0
 
-    def _validated(self, epoch: int) -> bool:
-        return self._val_every is not None and (epoch + 1) % self._val_every == 0
+    def _validated(self, state: TrainState, epoch: int) -> bool:
+        every = self._memory(state).val_every_n_epochs  # then it saves at EvalEnd instead
+        return every is not None and (epoch + 1) % every == 0
+
+    def _memory(self, state: TrainState) -> CheckpointState:
+        memory: CheckpointState = state.callback_state.get(self.name, CheckpointState())
+        return memory
 
     def _retain(self, memory: CheckpointState) -> None:
         files = list_checkpoints(self.dirpath)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import ClassVar, Literal
 
 import attrs
 
 from .._checkpoint import checkpoint_record
-from .._events import EpochEnd, EvalEnd
+from .._errors import check_int, check_number, check_type
+from .._events import EpochEnd, EvalEnd, Event
 from .._state import TrainState
+from ._mode import resolve_mode
 
 __all__ = ["EarlyStopping", "EarlyStoppingState"]
 
@@ -32,7 +34,8 @@ class EarlyStopping:
     It reacts to `EvalEnd` (``val_*`` metrics) or, for a ``train_*`` metric, to `EpochEnd`. Its
     memory (best value, patience counter) lives in ``state.callback_state[name]``; stopping means
     returning a state with ``should_stop=True``. Every process sees the same averaged metrics, so
-    under DDP every rank decides the same.
+    under DDP every rank decides the same. Two `EarlyStopping` callbacks in one run need two
+    names (`fit` refuses a shared one).
 
     Attributes:
         monitor: the metric to watch, e.g. ``"val_loss"`` or ``"val_acc"``.
@@ -42,35 +45,41 @@ class EarlyStopping:
         min_delta: the smallest change that counts as an improvement.
         name: the key of its memory in ``state.callback_state``.
 
+    Raises:
+        ValueError: ``monitor`` is not among the metrics of the event it watches (the message
+            lists those there).
+
     Example:
         >>> import ftrain
         >>> stop = ftrain.callbacks.EarlyStopping(monitor="val_loss", patience=1)
         >>> state = ftrain.testing.toy_state()
         >>> for loss in (1.0, 2.0):
-        ...     state = stop(state, ftrain.EvalEnd(epoch=0, step=0, metrics={"val_loss": loss}))
+        ...     state = stop(state, ftrain.EvalEnd(step=0, epoch=0, metrics={"val_loss": loss}))
         >>> state.should_stop
         True
     """
 
-    monitor: str = "val_loss"
-    mode: Literal["min", "max"] | None = attrs.field(default=None)
-    patience: int = attrs.field(default=3, validator=attrs.validators.ge(0))
-    min_delta: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
-    name: str = "early_stopping"
+    memory_type: ClassVar[type] = EarlyStoppingState
 
-    @mode.validator
-    def _check_mode(self, _attribute: Any, value: Any) -> None:
-        if value not in (None, "min", "max"):
-            msg = f"`mode` must be 'min', 'max' or None (got {value!r})."
-            raise ValueError(msg)
+    monitor: str = attrs.field(default="val_loss")
+    mode: Literal["min", "max"] | None = attrs.field(default=None)
+    patience: int = attrs.field(default=3)
+    min_delta: float = attrs.field(default=0.0)
+    name: str = attrs.field(default="early_stopping")
+
+    def __attrs_post_init__(self) -> None:
+        check_type("monitor", self.monitor, str, "a metric name (str)")
+        resolve_mode(self.mode, self.monitor)
+        check_int("patience", self.patience)
+        check_number("min_delta", self.min_delta, minimum=0.0)
+        check_type("name", self.name, str, "a str")
 
     @property
-    def resolved_mode(self) -> str:
-        if self.mode is not None:
-            return self.mode
-        return "max" if "acc" in self.monitor else "min"
+    def resolved_mode(self) -> Literal["min", "max"]:
+        """``mode``, or the one inferred from ``monitor``."""
+        return resolve_mode(self.mode, self.monitor)
 
-    def __call__(self, state: TrainState, event: Any) -> TrainState:
+    def __call__(self, state: TrainState, event: Event) -> TrainState:
         wanted = EpochEnd if self.monitor.startswith("train_") else EvalEnd
         if not isinstance(event, wanted):
             return state
@@ -78,9 +87,10 @@ class EarlyStopping:
             available = ", ".join(sorted(event.metrics)) or "none"
             msg = (
                 f"EarlyStopping `monitor` {self.monitor!r} is not among the metrics of "
-                f"{type(event).__name__} (available: {available})."
+                f"{type(event).__name__} (available: {available}). Pass one of those as "
+                "`monitor=`."
             )
-            raise KeyError(msg)
+            raise ValueError(msg)
         value = float(event.metrics[self.monitor])
         memory = state.callback_state.get(self.name, EarlyStoppingState())
         if self._improved(value, memory.best):

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .._events import EpochEnd, EvalEnd, FitEnd, IntervalEnd
+from .._events import EpochEnd, EvalEnd, Event, FitEnd, IntervalEnd
 from .._optional import require
 from .._state import TrainState
 
@@ -37,7 +37,8 @@ class CSVLogger:
     Example:
         >>> import tempfile, ftrain
         >>> log = ftrain.callbacks.CSVLogger(tempfile.mkdtemp())
-        >>> state = log(ftrain.testing.toy_state(), ftrain.EpochEnd(0, 10, {"train_loss": 0.5}))
+        >>> event = ftrain.EpochEnd(step=10, epoch=0, metrics={"train_loss": 0.5})
+        >>> state = log(ftrain.testing.toy_state(), event)
         >>> log.path.read_text().splitlines()
         ['event,step,epoch,train_loss', 'epoch,10,0,0.5']
     """
@@ -50,8 +51,8 @@ class CSVLogger:
         self._started = False
         self._append = append
 
-    def __call__(self, state: TrainState, event: Any) -> TrainState:
-        if type(event) not in _LOGGED or state.rank != 0:
+    def __call__(self, state: TrainState, event: Event) -> TrainState:
+        if not isinstance(event, _LOGGED) or state.rank != 0:
             return state
         if not self._started:
             self._start()
@@ -98,15 +99,16 @@ class TensorBoardLogger:
     Example:
         >>> import tempfile, ftrain
         >>> tb = ftrain.callbacks.TensorBoardLogger(tempfile.mkdtemp())
-        >>> state = tb(ftrain.testing.toy_state(), ftrain.IntervalEnd(10, 0, {"train_loss": 0.5}))
-        >>> state = tb(state, ftrain.FitEnd(10, 1, ()))
+        >>> event = ftrain.IntervalEnd(step=10, epoch=0, metrics={"train_loss": 0.5})
+        >>> state = tb(ftrain.testing.toy_state(), event)
+        >>> state = tb(state, ftrain.FitEnd(step=10, epoch=1, history=()))
     """
 
     def __init__(self, log_dir: str | os.PathLike[str]):
         self.log_dir = Path(log_dir)
         self._writer: Any = None
 
-    def __call__(self, state: TrainState, event: Any) -> TrainState:
+    def __call__(self, state: TrainState, event: Event) -> TrainState:
         if state.rank != 0:
             return state
         if isinstance(event, IntervalEnd):

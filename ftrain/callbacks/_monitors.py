@@ -7,12 +7,13 @@ import re
 import time
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
+from typing import ClassVar
 
 import attrs
 
 from .._checkpoint import checkpoint_record
-from .._events import EpochEnd, EvalEnd, FitEnd, FitStart, IntervalEnd, StepEnd
+from .._errors import check_choice, check_int, check_type, describe
+from .._events import EpochEnd, EvalEnd, Event, FitEnd, FitStart, IntervalEnd, StepEnd
 from .._state import TrainState
 
 __all__ = ["LearningRateMonitor", "TerminateOnNaN", "Timer", "TimerState"]
@@ -30,15 +31,22 @@ class LearningRateMonitor:
     Example:
         >>> import ftrain
         >>> mon = ftrain.callbacks.LearningRateMonitor(interval="epoch")
-        >>> state = mon(ftrain.testing.toy_state(lr=0.1), ftrain.EpochEnd(0, 5, {}))
+        >>> event = ftrain.EpochEnd(step=5, epoch=0, metrics={})
+        >>> state = mon(ftrain.testing.toy_state(lr=0.1), event)
         >>> state.callback_state["lr_monitor"]
         ((5, (0.1,)),)
     """
 
-    interval: str = attrs.field(default="step", validator=attrs.validators.in_(("step", "epoch")))
+    memory_type: ClassVar[type] = tuple
+
+    interval: str = "step"
     name: str = "lr_monitor"
 
-    def __call__(self, state: TrainState, event: Any) -> TrainState:
+    def __attrs_post_init__(self) -> None:
+        check_choice("interval", self.interval, ("step", "epoch"))
+        check_type("name", self.name, str, "a str")
+
+    def __call__(self, state: TrainState, event: Event) -> TrainState:
         wanted = IntervalEnd if self.interval == "step" else EpochEnd
         if not isinstance(event, wanted):
             return state
@@ -56,16 +64,26 @@ class TerminateOnNaN:
     that carry host values, and stops instead of raising. With ``check_every_n_steps`` it also
     reads the step loss every n steps, which is one host sync per n steps (documented cost).
 
+    When it stops it records ``{"step": ..., "metrics": (names, ...)}`` in
+    ``state.callback_state[name]``.
+
     Attributes:
         monitor: metric names to check; None checks every metric of the event.
         check_every_n_steps: also check the step loss every n steps (syncs), or None.
+        name: the key of its memory in ``state.callback_state``.
     """
+
+    memory_type: ClassVar[type] = dict
 
     monitor: Sequence[str] | None = None
     check_every_n_steps: int | None = None
     name: str = "terminate_on_nan"
 
-    def __call__(self, state: TrainState, event: Any) -> TrainState:
+    def __attrs_post_init__(self) -> None:
+        check_int("check_every_n_steps", self.check_every_n_steps, minimum=1, optional=True)
+        check_type("name", self.name, str, "a str")
+
+    def __call__(self, state: TrainState, event: Event) -> TrainState:
         if isinstance(event, StepEnd):
             n = self.check_every_n_steps
             if n is None or event.step % n or "loss" not in event.metrics:
@@ -88,10 +106,14 @@ class TerminateOnNaN:
 @checkpoint_record
 @attrs.frozen
 class TimerState:
-    """The Timer's memory: training seconds used by earlier `fit` calls of this run."""
+    """The Timer's memory: training seconds of the run so far (as of the last write) and where
+    it stopped; ``started``/``before`` are the clock (``time.monotonic()``) and ``elapsed`` when
+    the current `fit` started (None before any)."""
 
     elapsed: float = 0.0
     stopped_at_step: int | None = None
+    started: float | None = None
+    before: float = 0.0
 
 
 class Timer:
@@ -108,25 +130,26 @@ class Timer:
         3600.0
     """
 
+    memory_type: ClassVar[type] = TimerState
+
     def __init__(self, max_time: timedelta | float | str, name: str = "timer"):
+        check_type("name", name, str, "a str")
         self.max_seconds = _seconds(max_time)
         self.name = name
-        self._start: float | None = None
-        self._before = 0.0
 
-    def __call__(self, state: TrainState, event: Any) -> TrainState:
+    def __call__(self, state: TrainState, event: Event) -> TrainState:
+        memory: TimerState | None = state.callback_state.get(self.name)
         if isinstance(event, FitStart):
-            memory = state.callback_state.get(self.name, TimerState())
-            self._before = memory.elapsed
-            self._start = time.monotonic()
+            memory = memory or TimerState()
+            memory = attrs.evolve(memory, started=time.monotonic(), before=memory.elapsed)
+            return state.replace(callback_state={**state.callback_state, self.name: memory})
+        if memory is None or memory.started is None:  # no FitStart seen
             return state
-        if self._start is None:
-            return state
-        elapsed = self._before + time.monotonic() - self._start
+        elapsed = memory.before + time.monotonic() - memory.started
         over = elapsed >= self.max_seconds
         if not (over or isinstance(event, EpochEnd | FitEnd)):
             return state
-        memory = TimerState(elapsed=elapsed, stopped_at_step=state.step if over else None)
+        memory = attrs.evolve(memory, elapsed=elapsed, stopped_at_step=state.step if over else None)
         return state.replace(
             callback_state={**state.callback_state, self.name: memory},
             should_stop=state.should_stop or over,
@@ -141,11 +164,15 @@ def _seconds(value: timedelta | float | str) -> float:
     elif isinstance(value, str) and re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", value):
         d, h, m, s = map(int, value.split(":"))
         seconds = float(((d * 24 + h) * 60 + m) * 60 + s)
+    elif isinstance(value, str):
+        msg = f"`max_time` must be a str 'DD:HH:MM:SS' (got {value!r})."
+        raise ValueError(msg)
     else:
         msg = (
-            f"`max_time` must be a timedelta, a number of seconds or 'DD:HH:MM:SS' (got {value!r})."
+            "`max_time` must be a timedelta, a number of seconds or 'DD:HH:MM:SS' "
+            f"(got {describe(value)})."
         )
-        raise ValueError(msg)
+        raise TypeError(msg)
     if seconds <= 0:
         msg = f"`max_time` must be positive (got {value!r})."
         raise ValueError(msg)

@@ -6,7 +6,8 @@ import sys
 import time
 from typing import Any, TextIO
 
-from .._events import EpochEnd, EpochStart, EvalEnd, FitEnd, StepEnd
+from .._errors import check_number
+from .._events import EpochEnd, EpochStart, EvalEnd, Event, FitEnd, StepEnd
 from .._state import TrainState
 
 __all__ = ["EpochBar", "ProgressBar"]
@@ -19,9 +20,7 @@ class EpochBar:
     """
 
     def __init__(self, refresh_rate: float = 0.2):
-        if refresh_rate < 0:
-            msg = f"`refresh_rate` must be >= 0 seconds (got {refresh_rate!r})."
-            raise ValueError(msg)
+        check_number("refresh_rate", refresh_rate, minimum=0)
         self.refresh_rate = refresh_rate
         self._epoch: EpochStart | None = None  # the open epoch (rank 0 only)
         self._shown = False  # whether its bar was drawn yet
@@ -29,7 +28,7 @@ class EpochBar:
         self._samples = 0
         self._t0 = self._last = 0.0
 
-    def __call__(self, state: TrainState, event: Any) -> TrainState:
+    def __call__(self, state: TrainState, event: Event) -> TrainState:
         if type(event) is StepEnd:  # the per-step path: a few comparisons, no device read
             if self._epoch is not None:
                 self._pending += 1

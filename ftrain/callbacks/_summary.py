@@ -9,7 +9,8 @@ from typing import Any
 import attrs
 from torch import nn
 
-from .._events import FitStart
+from .._errors import check_int
+from .._events import Event, FitStart
 from .._optional import require
 from .._state import TrainState
 
@@ -62,9 +63,7 @@ def summarize(model: nn.Module, max_depth: int = 1) -> Summary:
         >>> [(layer.name, layer.params) for layer in s.layers], s.total
         ([('0', 40), ('1', 0), ('2', 18)], 58)
     """
-    if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 1:
-        msg = f"`max_depth` must be a positive int (got {max_depth!r})."
-        raise ValueError(msg)
+    check_int("max_depth", max_depth, minimum=1)
     layers = []
     for name, module in model.named_modules():
         depth = name.count(".") + 1 if name else 0
@@ -104,7 +103,7 @@ class ModelSummary:
         self.max_depth = max_depth
         self.print_fn = print_fn
 
-    def __call__(self, state: TrainState, event: Any) -> TrainState:
+    def __call__(self, state: TrainState, event: Event) -> TrainState:
         if isinstance(event, FitStart) and state.rank == 0:
             self.render(summarize(state.model, self.max_depth))
         return state
