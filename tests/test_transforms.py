@@ -107,10 +107,14 @@ def test_fit_counts_optimizer_steps_under_accumulation():
 def test_transform_errors():
     with pytest.raises(ValueError, match="needs `max_norm` or `max_value`"):
         ftrain.with_grad_clip()
-    with pytest.raises(ValueError, match=r"`max_norm` must be a positive number \(got -1\)"):
+    with pytest.raises(ValueError, match=r"`max_norm` must be a finite number > 0 \(got -1\)"):
         ftrain.with_grad_clip(max_norm=-1)
-    with pytest.raises(ValueError, match=r"`every` must be a positive int \(got 0\)"):
+    with pytest.raises(TypeError, match=r"`max_value` must be a number > 0 \(got str '1'\)"):
+        ftrain.with_grad_clip(max_value="1")
+    with pytest.raises(ValueError, match=r"`every` must be an int >= 1 \(got 0\)"):
         ftrain.with_accumulation(every=0)
+    with pytest.raises(TypeError, match=r"`every` must be an int >= 1 \(got float 2.0\)"):
+        ftrain.with_accumulation(every=2.0)
     with pytest.raises(TypeError, match="must be a ftrain.Step"):
         ftrain.with_grad_clip(lambda s, b: (s, {}), max_norm=1.0)
 
