@@ -135,7 +135,7 @@ def _write_record(f: Any, data: dict[str, Any]) -> None:
 
 
 def _sharded(state: TrainState) -> bool:
-    return state.world_size > 1 and bool(getattr(state.strategy, "sharded_checkpoint", False))
+    return state.strategy.sharded_checkpoint
 
 
 def _collect_dcp_garbage() -> None:

@@ -35,9 +35,9 @@ from ._events import (
     StepEnd,
 )
 from ._metrics import MeanAccumulator, check_finite, means, merge_sums
-from ._state import TrainState, check_live, update
+from ._state import TrainState, check_live, set_progress
 from ._step import eval_metrics, eval_mode, train_step
-from ._typing import Callback, StepFn
+from ._typing import Callback, EpochAwareStep, StepFn
 
 __all__ = ["eval_epoch", "fit", "train_epoch"]
 
@@ -114,7 +114,7 @@ def train_epoch(
             samples += n
             interval.add(metrics, metrics.get("count", n))
             if cb is not None:
-                state = update(state, epoch_batch=position)
+                state = set_progress(state, epoch_batch=position)
                 state = cb(state, StepEnd(state.step, state.epoch, position - 1, metrics, n))
             if state.step != last_log and state.step % log_every_n_steps == 0:
                 last_log = state.step
@@ -122,7 +122,7 @@ def train_epoch(
                 check_finite(means(sums), interval, "training")
                 totals = merge_sums(totals, sums)
                 interval = MeanAccumulator(state.step)
-                state = update(state, epoch_batch=position, epoch_totals=totals)
+                state = set_progress(state, epoch_batch=position, epoch_totals=totals)
                 if cb is not None:
                     logs = {**keymap(_train_key, means(sums)), "lr": state.lr}
                     state = cb(state, IntervalEnd(state.step, state.epoch, logs))
@@ -140,7 +140,7 @@ def train_epoch(
         if cb is not None and state.is_live:
             try:  # fold the open interval in, so a checkpoint resumes the epoch's logs
                 totals = merge_sums(totals, interval.sums())
-                state = update(state, epoch_batch=position, epoch_totals=totals)
+                state = set_progress(state, epoch_batch=position, epoch_totals=totals)
             except Exception:
                 pass
             cb(state, Interrupted(state.step, state.epoch, "exception", err))
@@ -159,15 +159,14 @@ def train_epoch(
     logs.update(lr=state.lr, epoch_time=elapsed, samples_per_sec=samples / max(elapsed, 1e-9))
     if finished:
         epoch = state.epoch
-        finish = getattr(step_fn, "finish_epoch", None)
-        if finish is not None:  # e.g. apply a short last gradient-accumulation group
-            state = finish(state)
+        if isinstance(step_fn, EpochAwareStep):  # e.g. apply a short last accumulation group
+            state = step_fn.finish_epoch(state)
         _step_epoch_scheduler(state)
-        state = update(state, epoch=epoch + 1, epoch_batch=0, epoch_totals={})
+        state = set_progress(state, epoch=epoch + 1, epoch_batch=0, epoch_totals={})
         if cb is not None:
             state = cb(state, EpochEnd(epoch, state.step, logs))
     else:
-        state = update(state, epoch_batch=position, epoch_totals=totals)
+        state = set_progress(state, epoch_batch=position, epoch_totals=totals)
     return state, logs
 
 
@@ -205,7 +204,7 @@ def eval_epoch(
     acc = MeanAccumulator(state.step)
     reduce_sum = _reducer(state)
     with eval_mode(state.model):
-        batches, total = start_epoch(loader, update(state, epoch_batch=0))
+        batches, total = start_epoch(loader, set_progress(state, epoch_batch=0))
         if total is not None and max_batches is not None:
             total = min(total, max_batches)
         most = None
@@ -217,7 +216,7 @@ def eval_epoch(
                 break
             metrics = eval_metrics(state, batch)
             acc.add(metrics, metrics.get("count", batch_size(batch)))
-        if most is not None and getattr(state.strategy, "lockstep_eval", False):
+        if most is not None and state.strategy.lockstep_eval:
             # Sharded models all-gather in every forward: ranks with fewer batches run the
             # missing forwards on their last batch and drop the results.
             for _ in range(most - len(acc)):
@@ -316,7 +315,7 @@ def fit(
     signalled: list[int] = []
 
     def watch_signals(state: TrainState, event: Any) -> TrainState:
-        return update(state, should_stop=True) if signalled else state
+        return set_progress(state, should_stop=True) if signalled else state
 
     # With nothing to call, train_epoch gets no callbacks and skips per-step event dispatch.
     epoch_cbs = [user_cb] if callbacks else []
@@ -429,8 +428,6 @@ def _split_loaders(loaders: Any) -> tuple[Iterable[Any], Iterable[Any] | None]:
 def _agree_on_batches(state: TrainState, count: int, where: str, *, equal: bool) -> int:
     """Check across processes that no rank's loader is empty (and, for training, that all have
     the same number of batches, or the collectives would hang); return the largest count."""
-    strategy = state.strategy
-    assert strategy is not None
     table = torch.tensor([count, -count], dtype=torch.float64, device=state.device)
     # The largest and the smallest count in one collective: MAX over (count, -count).
     dist.all_reduce(table, op=dist.ReduceOp.MAX)
@@ -454,7 +451,7 @@ def _agree_on_batches(state: TrainState, count: int, where: str, *, equal: bool)
 
 def _reducer(state: TrainState) -> Callable[[torch.Tensor], torch.Tensor] | None:
     strategy = state.strategy
-    if strategy is None or getattr(strategy, "world_size", 1) == 1:
+    if strategy.world_size == 1:
         return None
     return strategy.reduce_sum
 

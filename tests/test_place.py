@@ -10,7 +10,7 @@ def test_place_records_strategy_and_device(tiny_state, batch):
     assert state.strategy == SingleDevice(device=torch.device("cpu"))
     assert state.device == torch.device("cpu") and state.world_size == 1 and state.rank == 0
     state, _ = ftrain.train_step(state, batch)
-    assert state.strategy is not None
+    assert state.strategy == SingleDevice(device=torch.device("cpu"))
 
 
 def test_auto_picks_an_available_device(tiny_state):
@@ -76,4 +76,4 @@ def test_bf16_mixed_autocasts_the_forward_on_cpu(batch):
 
 def test_unplaced_state_trains_where_the_model_is(tiny_state, batch):
     state, metrics = ftrain.train_step(tiny_state, batch)
-    assert state.strategy is None and metrics["loss"].device.type == "cpu"
+    assert state.strategy == ftrain.Unplaced() and metrics["loss"].device.type == "cpu"
