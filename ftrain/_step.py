@@ -159,7 +159,7 @@ def eval_metrics(state: TrainState, batch: Any) -> Metrics:
         batch = cast_floating(batch, state.batch_dtype)
     seed_step(mix(state.seed, 0x5EED), state.step, 0, state.device.type == "cuda")
     # The strategy names the module: under DDP the unwrapped model, whose forward syncs nothing
-    # (the wrapper's broadcasts buffers, which hangs when ranks evaluate unequal batch counts).
+    # (the wrapper's would broadcast rank 0's buffers over the other ranks' ones).
     module = state.strategy.eval_module(state)
     with torch.no_grad(), _autocast(state):
         out = state.loss_fn(module, batch)

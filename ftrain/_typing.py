@@ -146,9 +146,10 @@ class Strategy(Protocol):
         ...
 
     def eval_module(self, state: TrainState, /) -> nn.Module:
-        """The module evaluation forwards call: the wrapper unless it would sync across processes.
+        """The module evaluation forwards call: the wrapper, unless calling it changes the state.
 
-        DDP answers the unwrapped model: its wrapper's forward broadcasts buffers, which hangs
-        when processes evaluate different numbers of batches.
+        Evaluation only measures, and processes may evaluate different numbers of batches. DDP
+        answers the unwrapped model: its wrapper's forward broadcasts rank 0's buffers over
+        every other rank's.
         """
         ...

@@ -7,11 +7,11 @@ TOP_LEVEL = [
     "EpochAwareStep", "EpochEnd", "EpochSampler", "EpochStart", "EvalEnd", "FSDP", "FitEnd",
     "FitStart", "FtrainError", "Interrupted", "IntervalEnd", "LossFn", "NonFiniteError",
     "PlacementError", "SingleDevice", "StaleStateError", "Step", "StepEnd", "StepFn", "Strategy",
-    "TrainState", "Unplaced", "__version__", "apply_gradients", "as_step", "batch_size", "callbacks", "chain", "eval_epoch",
-    "eval_step", "every", "fit", "fork", "forward_backward", "latest_checkpoint", "load", "move",
-    "on", "place", "plot_history", "prepare_loader", "save", "strategies", "supervised",
-    "testing", "train_epoch", "train_step", "when", "with_accumulation", "with_grad_clip",
-    "with_skip_nonfinite",
+    "TrainState", "Unplaced", "__version__", "apply_gradients", "as_step", "batch_size",
+    "callbacks", "chain", "eval_epoch", "eval_step", "every", "fit", "fork", "forward_backward",
+    "latest_checkpoint", "load", "move", "on", "place", "plot_history", "prepare_loader", "save",
+    "strategies", "supervised", "testing", "train_epoch", "train_step", "when",
+    "with_accumulation", "with_grad_clip", "with_skip_nonfinite",
 ]  # fmt: skip
 
 CALLBACKS = [

@@ -92,6 +92,7 @@ class DDP:
             average_gradients([p.grad for p in parameters if p.grad is not None], self.world_size)
 
     def eval_module(self, state: TrainState) -> nn.Module:
-        """The unwrapped model: the wrapper's forward syncs buffers across processes, which
-        hangs when processes evaluate different numbers of batches."""
+        """The unwrapped model: the wrapper's first forward after training would broadcast rank
+        0's buffers (BatchNorm statistics) over every other rank's, changing the state that
+        evaluation only measures."""
         return state.model
