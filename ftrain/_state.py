@@ -1,9 +1,13 @@
-"""`TrainState`: the frozen record that holds everything a training run needs to go on."""
+"""`TrainState`: the frozen record that holds everything a training run needs to go on.
+
+Over 300 lines because the record, its checked constructor and the rules for copying it (the
+validated `replace`, the hot path's unvalidated `advance`/`set_progress`, and `fork`) belong
+together: the lineage invariant they share is only readable in one place.
+"""
 
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
@@ -13,15 +17,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from ._errors import (
-    CallbackSignatureError,
-    PlacementError,
-    StaleStateError,
-    check_choice,
-    check_int,
-    check_type,
-    describe,
-)
+from ._errors import PlacementError, StaleStateError, check_choice, check_int, check_type, describe
+from ._state_checks import check_loss_fn, check_optimizer_params, is_scheduler, model_device
 from ._typing import LossFn, Strategy
 from .strategies._unplaced import Unplaced
 
@@ -44,10 +41,6 @@ class _Lineage:
         self.version = 0
         self.consumed_by = ""
         self.consumed_at_step = -1
-
-
-def _is_scheduler(obj: object) -> bool:
-    return isinstance(obj, LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau)
 
 
 @attrs.frozen(kw_only=True, eq=False, repr=False, slots=False)
@@ -177,8 +170,8 @@ class TrainState:
                 )
                 raise TypeError(msg)
         check_optimizer_params(model, optimizer)
-        _check_loss_fn(loss_fn)
-        if scheduler is not None and not _is_scheduler(scheduler):
+        check_loss_fn(loss_fn)
+        if scheduler is not None and not is_scheduler(scheduler):
             if not callable(scheduler):
                 msg = (
                     "`scheduler` must be an LR scheduler or a factory optimizer -> scheduler "
@@ -186,7 +179,7 @@ class TrainState:
                 )
                 raise TypeError(msg)
             scheduler = scheduler(optimizer)
-            if not _is_scheduler(scheduler):
+            if not is_scheduler(scheduler):
                 msg = (
                     f"`scheduler` factory must return an LR scheduler (got {describe(scheduler)})."
                 )
@@ -369,55 +362,3 @@ def fork(state: TrainState) -> TrainState:
         _lineage=_Lineage(),
         _version=0,
     )
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of a module's first parameter or buffer (CPU for a module with neither)."""
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
-
-
-def check_optimizer_params(model: nn.Module, optimizer: Optimizer) -> None:
-    """Raise when ``optimizer`` holds parameters that are not ``model``'s."""
-    own = {id(p) for p in model.parameters()}
-    foreign = [
-        (gi, pi, tuple(p.shape))
-        for gi, group in enumerate(optimizer.param_groups)
-        for pi, p in enumerate(group["params"])
-        if id(p) not in own
-    ]
-    if foreign:
-        gi, pi, shape = foreign[0]
-        msg = (
-            f"`optimizer` must hold only parameters of `model`, but {len(foreign)} of its "
-            f"parameters are not the model's (first: param_groups[{gi}]['params'][{pi}], shape "
-            f"{shape}). Build it from this model, or pass a factory: "
-            "optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3)."
-        )
-        raise ValueError(msg)
-
-
-def _check_loss_fn(loss_fn: object) -> None:
-    if not callable(loss_fn):
-        msg = (
-            "`loss_fn` must be a callable loss_fn(model, batch) -> loss or (loss, metrics) "
-            f"(got {describe(loss_fn)}). For (inputs, targets) batches use "
-            "ftrain.supervised(torch.nn.CrossEntropyLoss())."
-        )
-        raise TypeError(msg)
-    try:
-        sig = inspect.signature(loss_fn)
-    except (TypeError, ValueError):  # builtins and C callables have no signature
-        return
-    try:
-        sig.bind(None, None)
-    except TypeError as err:
-        msg = (
-            f"`loss_fn` must accept two positional arguments (model, batch), but its signature "
-            f"is {getattr(loss_fn, '__name__', type(loss_fn).__name__)}{sig} ({err}). "
-            "Wrap it: loss_fn=lambda model, batch: my_loss(model(batch[0]), batch[1])."
-        )
-        raise CallbackSignatureError(msg) from None
