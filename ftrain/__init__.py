@@ -20,7 +20,6 @@ from ._checkpoint import latest_checkpoint as latest_checkpoint
 from ._checkpoint import load as load
 from ._checkpoint import read_checkpoint as read_checkpoint
 from ._checkpoint import save as save
-from ._data import DevicePrefetcher as DevicePrefetcher
 from ._data import EpochSampler as EpochSampler
 from ._data import prepare_loader as prepare_loader
 from ._epoch import eval_epoch as eval_epoch
@@ -44,6 +43,7 @@ from ._fit import fit as fit
 from ._loss import supervised as supervised
 from ._place import place as place
 from ._plot import plot_history as plot_history
+from ._prefetch import DevicePrefetcher as DevicePrefetcher
 from ._state import TrainState as TrainState
 from ._state import fork as fork
 from ._step import apply_gradients as apply_gradients
@@ -56,12 +56,14 @@ from ._transforms import with_accumulation as with_accumulation
 from ._transforms import with_grad_clip as with_grad_clip
 from ._transforms import with_skip_nonfinite as with_skip_nonfinite
 from ._typing import Callback as Callback
+from ._typing import EpochAwareStep as EpochAwareStep
 from ._typing import LossFn as LossFn
 from ._typing import StepFn as StepFn
 from ._typing import Strategy as Strategy
 from .strategies import DDP as DDP
 from .strategies import FSDP as FSDP
 from .strategies import SingleDevice as SingleDevice
+from .strategies import Unplaced as Unplaced
 
 try:
     __version__ = version("torch-ftrain")
@@ -75,6 +77,7 @@ __all__ = (
     "CallbackSignatureError",
     "CheckpointError",
     "DevicePrefetcher",
+    "EpochAwareStep",
     "EpochEnd",
     "EpochSampler",
     "EpochStart",
@@ -95,6 +98,7 @@ __all__ = (
     "StepFn",
     "Strategy",
     "TrainState",
+    "Unplaced",
     "__version__",
     "apply_gradients",
     "as_step",

@@ -17,7 +17,6 @@ def reducer(state: TrainState) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """The strategy's sum over processes, or None on one process (nothing to reduce)."""
     if state.world_size == 1:
         return None
-    assert state.strategy is not None  # placed on several processes
     return state.strategy.reduce_sum
 
 

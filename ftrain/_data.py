@@ -11,6 +11,7 @@ custom batch samplers, custom samplers) are used as they are.
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Iterable, Iterator, Sized
 from typing import Any
 
@@ -25,10 +26,11 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
+from ._prefetch import DevicePrefetcher
 from ._rng import mix
 from ._state import TrainState
 
-__all__ = ["DevicePrefetcher", "EpochSampler", "num_batches", "prepare_loader", "start_epoch"]
+__all__ = ["EpochSampler", "num_batches", "prepare_loader", "start_epoch"]
 
 
 class EpochSampler(DistributedSampler[int]):
@@ -147,14 +149,12 @@ def _prepare(state: TrainState, loader: Iterable[Any], train: bool) -> Any:
         shuffle = True
     else:
         return _kept(state, loader)
-    world = getattr(state.strategy, "world_size", 1)
-    rank = getattr(state.strategy, "rank", 0)
     new_sampler = EpochSampler(
         loader.dataset,  # type: ignore[arg-type]
         shuffle=shuffle,
         seed=state.seed,
-        num_replicas=world,
-        rank=rank,
+        num_replicas=state.world_size,
+        rank=state.rank,
         drop_last=loader.drop_last and train,
         pad=train,
     )
@@ -163,8 +163,7 @@ def _prepare(state: TrainState, loader: Iterable[Any], train: bool) -> Any:
 
 def _kept(state: TrainState, loader: DataLoader[Any]) -> DataLoader[Any]:
     """A loader ftrain cannot reorder is used as it is; distributed, say so once."""
-    if state.world_size > 1 and id(loader) not in _warned_split:
-        _warned_split.add(id(loader))
+    if state.world_size > 1 and _first_time(_warned_split, loader):
         warnings.warn(
             f"The loader's sampler ({type(loader.sampler).__name__}) or dataset is custom, so "
             "ftrain cannot split it across processes: every process iterates it as it is. Give "
@@ -174,7 +173,21 @@ def _kept(state: TrainState, loader: DataLoader[Any]) -> DataLoader[Any]:
     return loader
 
 
-_warned_split: set[int] = set()
+# Loaders already warned about, held weakly: an entry goes with its loader, so a new loader never
+# inherits an old one's silence (as it would from a set of ids, which are reused).
+_warned_split: weakref.WeakSet[Any] = weakref.WeakSet()
+_warned_skip: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _first_time(warned: weakref.WeakSet[Any], loader: Any) -> bool:
+    """True the first time ``loader`` is seen (always, for one that takes no weak reference)."""
+    try:
+        if loader in warned:
+            return False
+        warned.add(loader)
+    except TypeError:  # lists and tuples of batches take no weak reference
+        pass
+    return True
 
 
 def _rebuild(loader: DataLoader[Any], sampler: EpochSampler, pin: bool) -> DataLoader[Any]:
@@ -198,9 +211,6 @@ def _rebuild(loader: DataLoader[Any], sampler: EpochSampler, pin: bool) -> DataL
         kwargs["in_order"] = loader.in_order
     dataset: Dataset[Any] = loader.dataset
     return DataLoader(dataset, **kwargs)
-
-
-_warned_skip: set[int] = set()
 
 
 def start_epoch(loader: Any, state: TrainState) -> tuple[Iterator[Any], int | None]:
@@ -228,8 +238,7 @@ def start_epoch(loader: Any, state: TrainState) -> tuple[Iterator[Any], int | No
     total = num_batches(loader)
     it = iter(loader)
     if state.epoch_batch:
-        if id(loader) not in _warned_skip:
-            _warned_skip.add(id(loader))
+        if _first_time(_warned_skip, loader):
             warnings.warn(
                 f"Resuming mid-epoch on a loader ftrain cannot reorder ({type(loader).__name__}); "
                 f"skipping {state.epoch_batch} batches by iterating them.",
@@ -246,63 +255,3 @@ def num_batches(loader: Any) -> int | None:
         return len(loader)
     except TypeError:
         return None
-
-
-class DevicePrefetcher:
-    """Iterate a loader with the next batch already on its way to ``device``.
-
-    On CUDA the copy of batch ``i + 1`` is issued on a side stream (from pinned memory, so it is
-    asynchronous) while step ``i`` runs; the step's stream waits for it only when it needs it. On
-    other devices it simply moves each batch one ahead. Everything else (``sampler``,
-    ``batch_size``, ``len``) is the wrapped loader's, so `train_epoch` seeds and resumes it as
-    usual.
-    """
-
-    def __init__(self, loader: Any, device: torch.device):
-        self.loader = loader
-        self.device = device
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "loader":  # not yet set (unpickling): avoid recursion
-            raise AttributeError(name)
-        return getattr(self.loader, name)
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Iterator[Any]:
-        from ._batch import move
-
-        cuda = self.device.type == "cuda"
-        stream = torch.cuda.Stream(self.device) if cuda else None  # type: ignore[no-untyped-call]
-        it = iter(self.loader)
-
-        def fetch() -> Any:
-            batch = next(it, _END)
-            if batch is _END or stream is None:
-                return batch if batch is _END else move(batch, self.device)
-            with torch.cuda.stream(stream):
-                return move(batch, self.device, non_blocking=True)
-
-        ahead = fetch()
-        while ahead is not _END:
-            current, ahead = ahead, None
-            if stream is not None:
-                torch.cuda.current_stream(self.device).wait_stream(stream)
-                _record_stream(current, torch.cuda.current_stream(self.device))
-            ahead = fetch()
-            yield current
-
-
-_END = object()
-
-
-def _record_stream(batch: Any, stream: Any) -> None:
-    if isinstance(batch, torch.Tensor):
-        batch.record_stream(stream)
-    elif isinstance(batch, tuple | list):
-        for v in batch:
-            _record_stream(v, stream)
-    elif isinstance(batch, dict):
-        for v in batch.values():
-            _record_stream(v, stream)

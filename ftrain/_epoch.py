@@ -22,9 +22,9 @@ from ._errors import check_int, check_type
 from ._events import EpochEnd, EpochStart, Event, Interrupted, IntervalEnd, StepEnd
 from ._metrics import MeanAccumulator, check_finite, means, merge_sums
 from ._schedulers import step_epoch_scheduler
-from ._state import TrainState, check_live, update
+from ._state import TrainState, check_live, set_progress
 from ._step import eval_metrics, eval_mode, train_step
-from ._typing import Callback, StepFn
+from ._typing import Callback, EpochAwareStep, StepFn
 
 __all__ = ["eval_epoch", "train_epoch"]
 
@@ -90,7 +90,7 @@ def train_epoch(
     if reduce_sum is not None and total is not None:
         agree_on_batches(state, total, "train_epoch", equal=True)
     if state.epoch_batch == 0 and state.epoch_totals:  # a fresh epoch carries no totals
-        state = update(state, epoch_totals={})
+        state = set_progress(state, epoch_totals={})
     interval = MeanAccumulator(state.step)
     position, samples, last_log = state.epoch_batch, 0, state.step
     finished = True
@@ -108,7 +108,7 @@ def train_epoch(
             samples += n
             interval.add(metrics, metrics.get("count", n))
             if cb is not None:
-                state = update(state, epoch_batch=position)
+                state = set_progress(state, epoch_batch=position)
                 state = cb(
                     state,
                     StepEnd(
@@ -151,9 +151,10 @@ def train_epoch(
     logs.update(lr=state.lr, epoch_time=elapsed, samples_per_sec=samples / max(elapsed, 1e-9))
     if finished:
         epoch = state.epoch
-        state = _finish_epoch(step_fn, state)  # e.g. a short last gradient-accumulation group
+        if isinstance(step_fn, EpochAwareStep):  # e.g. a short last gradient-accumulation group
+            state = step_fn.finish_epoch(state)
         step_epoch_scheduler(state)
-        state = update(state, epoch=epoch + 1, epoch_batch=0, epoch_totals={})
+        state = set_progress(state, epoch=epoch + 1, epoch_batch=0, epoch_totals={})
         if cb is not None:
             state = cb(state, EpochEnd(step=state.step, epoch=epoch, metrics=logs))
     return state, logs
@@ -194,7 +195,7 @@ def eval_epoch(
     acc = MeanAccumulator(state.step)
     reduce_sum = reducer(state)
     with eval_mode(state.model):
-        batches, total = start_epoch(loader, update(state, epoch_batch=0))
+        batches, total = start_epoch(loader, set_progress(state, epoch_batch=0))
         if total is not None and max_batches is not None:
             total = min(total, max_batches)
         most = None
@@ -206,7 +207,7 @@ def eval_epoch(
                 break
             metrics = eval_metrics(state, batch)
             acc.add(metrics, metrics.get("count", batch_size(batch)))
-        if most is not None and _lockstep_eval(state):
+        if most is not None and state.strategy.lockstep_eval:
             # Sharded models all-gather in every forward: ranks with fewer batches run the
             # missing forwards on their last batch and drop the results.
             for _ in range(most - len(acc)):
@@ -236,7 +237,7 @@ def _close_interval(
     if check:
         check_finite(interval_means, interval, "training")
     totals = merge_sums(state.epoch_totals, sums)
-    return update(state, epoch_batch=position, epoch_totals=totals), interval_means
+    return set_progress(state, epoch_batch=position, epoch_totals=totals), interval_means
 
 
 def _fold_open_interval(state: TrainState, interval: MeanAccumulator, position: int) -> TrainState:
@@ -255,15 +256,3 @@ def _fold_open_interval(state: TrainState, interval: MeanAccumulator, position: 
 
 def _train_keys(values: Mapping[str, float]) -> dict[str, float]:
     return {"train_" + k: v for k, v in values.items()}
-
-
-def _lockstep_eval(state: TrainState) -> bool:
-    # Stands for `state.strategy.lockstep_eval` until the Strategy protocol declares it.
-    return bool(getattr(state.strategy, "lockstep_eval", False))
-
-
-def _finish_epoch(step_fn: StepFn, state: TrainState) -> TrainState:
-    # Stands for `if isinstance(step_fn, EpochAwareStep): state = step_fn.finish_epoch(state)`
-    # until the protocol exists.
-    finish = getattr(step_fn, "finish_epoch", None)
-    return state if finish is None else finish(state)

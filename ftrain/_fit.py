@@ -15,7 +15,7 @@ from ._errors import check_int
 from ._events import EvalEnd, FitEnd, FitStart, Interrupted, StepEnd
 from ._schedulers import step_plateau_scheduler
 from ._signals import catch_signals
-from ._state import TrainState, check_live, update
+from ._state import TrainState, check_live, set_progress
 from ._step import train_step
 from ._typing import Callback, StepFn
 
@@ -100,7 +100,7 @@ def fit(
         if mid_epoch_val and event.step % val_every_n_steps == 0:  # type: ignore[operator]
             state, metrics = _validate(state, val, state.epoch, user_cb, limit_val_batches)
             history.append({"epoch": state.epoch, "step": state.step, **metrics})
-        return update(state, should_stop=True) if signalled else state
+        return set_progress(state, should_stop=True) if signalled else state
 
     # With nothing to call, train_epoch gets no callbacks and skips per-step event dispatch.
     epoch_callbacks = [user_cb] if callbacks else []

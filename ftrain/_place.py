@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from ._errors import PlacementError
+from ._errors import PlacementError, describe
 from ._state import TrainState, advance, check_live
 from ._typing import Strategy
-from .strategies import SingleDevice
+from .strategies import SingleDevice, Unplaced
 
 __all__ = ["place"]
 
@@ -19,9 +19,11 @@ def place(state: TrainState, strategy: Strategy | str | torch.device = "auto") -
     no ``.to()``. A state that is never placed trains where its model already is.
 
     Args:
-        state: a live, never-placed state. It is consumed (its model moved in place).
-        strategy: `SingleDevice`, `DDP`, `FSDP`, or a device string as shorthand for
-            ``SingleDevice(device)`` (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``).
+        state: a live, never-placed state (its strategy is `Unplaced`). It is consumed (its
+            model moved in place).
+        strategy: `SingleDevice`, `DDP`, `FSDP`, any other `ftrain.Strategy`, or a device
+            string as shorthand for ``SingleDevice(device)`` (``"auto"``, ``"cpu"``, ``"cuda"``,
+            ``"cuda:1"``, ``"mps"``).
 
     Returns:
         The placed state, recording ``strategy``.
@@ -37,7 +39,7 @@ def place(state: TrainState, strategy: Strategy | str | torch.device = "auto") -
         SingleDevice(device=device(type='cpu'), precision='32-true', compile=False)
     """
     check_live(state, "place")
-    if state.strategy is not None:
+    if not isinstance(state.strategy, Unplaced):
         msg = (
             f"`state` is already placed with {state.strategy!r}; a state is placed once. "
             "Call `place` on the state from TrainState.create (or load a checkpoint into a "
@@ -49,7 +51,7 @@ def place(state: TrainState, strategy: Strategy | str | torch.device = "auto") -
     if not isinstance(strategy, Strategy):
         msg = (
             "`strategy` must be a Strategy such as ftrain.SingleDevice('cuda'), ftrain.DDP() or "
-            f"ftrain.FSDP(), or a device string (got {type(strategy).__name__} {strategy!r})."
+            f"ftrain.FSDP(), or a device string (got {describe(strategy)})."
         )
         raise TypeError(msg)
     placed = strategy.setup(state)

@@ -1,9 +1,13 @@
-"""`TrainState`: the frozen record that holds everything a training run needs to go on."""
+"""`TrainState`: the frozen record that holds everything a training run needs to go on.
+
+Over 300 lines because the record, its checked constructor and the rules for copying it (the
+validated `replace`, the hot path's unvalidated `advance`/`set_progress`, and `fork`) belong
+together: the lineage invariant they share is only readable in one place.
+"""
 
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
@@ -13,13 +17,12 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from ._errors import CallbackSignatureError, PlacementError, StaleStateError
+from ._errors import PlacementError, StaleStateError, check_choice, check_int, check_type, describe
+from ._state_checks import check_loss_fn, check_optimizer_params, is_scheduler, model_device
 from ._typing import LossFn, Strategy
+from .strategies._unplaced import Unplaced
 
-__all__ = ["STATIC", "TrainState", "advance", "advance_step", "check_live", "fork", "update"]
-
-STATIC = {"ftrain.static": True}
-"""Field metadata for configuration that is not training state (skipped by checkpoints)."""
+__all__ = ["TrainState", "advance", "check_live", "fork", "set_progress"]
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 SchedulerFactory = Callable[[Optimizer], LRScheduler]
@@ -38,10 +41,6 @@ class _Lineage:
         self.version = 0
         self.consumed_by = ""
         self.consumed_at_step = -1
-
-
-def _is_scheduler(obj: object) -> bool:
-    return isinstance(obj, LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau)
 
 
 @attrs.frozen(kw_only=True, eq=False, repr=False, slots=False)
@@ -76,13 +75,12 @@ class TrainState:
     model: nn.Module = attrs.field(validator=attrs.validators.instance_of(nn.Module))
     """The user's module, never wrapped: checkpoint keys carry no ``module.`` prefix."""
     optimizer: Optimizer = attrs.field(validator=attrs.validators.instance_of(Optimizer))
-    loss_fn: LossFn = attrs.field(validator=attrs.validators.is_callable(), metadata=STATIC)
+    loss_fn: LossFn = attrs.field(validator=attrs.validators.is_callable())
     scheduler: Any = attrs.field(default=None)
     """An LR scheduler or None; stepped by `apply_gradients` or per epoch (`scheduler_interval`)."""
     scheduler_interval: Literal["step", "epoch"] = attrs.field(
-        default="step", validator=attrs.validators.in_(("step", "epoch")), metadata=STATIC
+        default="step", validator=attrs.validators.in_(("step", "epoch"))
     )
-    optimizer_factory: OptimizerFactory | None = attrs.field(default=None, metadata=STATIC)
     step: int = attrs.field(
         default=0, validator=[attrs.validators.instance_of(int), attrs.validators.ge(0)]
     )
@@ -96,18 +94,20 @@ class TrainState:
     micro_step: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     """`forward_backward` calls since the last `apply_gradients` (gradient accumulation)."""
     seed: int = attrs.field(default=0, validator=attrs.validators.instance_of(int))
-    strategy: Strategy | None = attrs.field(default=None)
-    """The placement this state was placed with, or None when it was never placed."""
+    # Not validated here: a runtime check against the Strategy protocol costs tens of
+    # microseconds on every `replace`; `place` checks the strategy it is given instead.
+    strategy: Strategy = attrs.field(factory=Unplaced)
+    """The placement this state was placed with; `Unplaced` when it was never placed."""
     device: torch.device = attrs.field(
         factory=lambda: torch.device("cpu"), validator=attrs.validators.instance_of(torch.device)
     )
-    wrapped: nn.Module | None = attrs.field(default=None, metadata=STATIC)
+    wrapped: nn.Module | None = attrs.field(default=None)
     """The module the step calls when placement wrapped `model` (DDP, FSDP, compile); else None."""
     scaler: Any = attrs.field(default=None)
     """A `torch.amp.GradScaler` under ``16-mixed`` precision, else None."""
-    autocast_dtype: torch.dtype | None = attrs.field(default=None, metadata=STATIC)
+    autocast_dtype: torch.dtype | None = attrs.field(default=None)
     """The dtype `forward_backward` autocasts to (mixed precision), or None."""
-    batch_dtype: torch.dtype | None = attrs.field(default=None, metadata=STATIC)
+    batch_dtype: torch.dtype | None = attrs.field(default=None)
     """The dtype floating-point batch tensors are cast to (``*-true`` precision), or None."""
     callback_state: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
     """Memory of callbacks (EarlyStopping's best value, ...), keyed by callback name."""
@@ -116,8 +116,8 @@ class TrainState:
     interval (so a mid-epoch checkpoint resumes the epoch's averages)."""
     should_stop: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     """Set by a callback to ask `fit` to stop after the current event."""
-    _lineage: _Lineage = attrs.field(factory=_Lineage, alias="_lineage", metadata=STATIC)
-    _version: int = attrs.field(default=0, alias="_version", metadata=STATIC)
+    _lineage: _Lineage = attrs.field(factory=_Lineage, alias="_lineage")
+    _version: int = attrs.field(default=0, alias="_version")
 
     @classmethod
     def create(
@@ -135,8 +135,9 @@ class TrainState:
         Args:
             model: the `nn.Module` to train. It stays where it is until `ftrain.place`.
             optimizer: an `Optimizer` over ``model``'s parameters, or a factory
-                ``params -> Optimizer`` (preferred: placement can rebuild it over sharded
-                parameters).
+                ``params -> Optimizer`` called with them. Either way the state holds the
+                optimizer; placement that shards the model (`FSDP`) rebuilds it with the same
+                class and parameter groups.
             loss_fn: ``loss_fn(model, batch)`` returning a scalar loss or ``(loss, metrics)``;
                 `ftrain.supervised` builds the common ``(inputs, targets)`` case.
             scheduler: an LR scheduler over ``optimizer``, or a factory ``optimizer -> scheduler``.
@@ -152,39 +153,35 @@ class TrainState:
             ValueError: the optimizer or scheduler does not belong to this model.
             CallbackSignatureError: ``loss_fn`` cannot be called as ``loss_fn(model, batch)``.
         """
-        if not isinstance(model, nn.Module):
-            msg = f"`model` must be a torch.nn.Module (got {_describe(model)})."
-            raise TypeError(msg)
-        factory: OptimizerFactory | None = None
+        check_type("model", model, nn.Module, "a torch.nn.Module")
         if not isinstance(optimizer, Optimizer):
             if not callable(optimizer):
                 msg = (
                     "`optimizer` must be a torch.optim.Optimizer or a factory params -> Optimizer "
-                    f"(got {_describe(optimizer)}). Example: "
+                    f"(got {describe(optimizer)}). Example: "
                     "optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3)."
                 )
                 raise TypeError(msg)
-            factory = optimizer
-            optimizer = factory(model.parameters())
+            optimizer = optimizer(model.parameters())
             if not isinstance(optimizer, Optimizer):
                 msg = (
                     "`optimizer` factory must return a torch.optim.Optimizer "
-                    f"(got {_describe(optimizer)})."
+                    f"(got {describe(optimizer)})."
                 )
                 raise TypeError(msg)
         check_optimizer_params(model, optimizer)
-        _check_loss_fn(loss_fn)
-        if scheduler is not None and not _is_scheduler(scheduler):
+        check_loss_fn(loss_fn)
+        if scheduler is not None and not is_scheduler(scheduler):
             if not callable(scheduler):
                 msg = (
                     "`scheduler` must be an LR scheduler or a factory optimizer -> scheduler "
-                    f"(got {_describe(scheduler)})."
+                    f"(got {describe(scheduler)})."
                 )
                 raise TypeError(msg)
             scheduler = scheduler(optimizer)
-            if not _is_scheduler(scheduler):
+            if not is_scheduler(scheduler):
                 msg = (
-                    f"`scheduler` factory must return an LR scheduler (got {_describe(scheduler)})."
+                    f"`scheduler` factory must return an LR scheduler (got {describe(scheduler)})."
                 )
                 raise TypeError(msg)
         if scheduler is not None and scheduler.optimizer is not optimizer:  # type: ignore[union-attr]
@@ -193,19 +190,14 @@ class TrainState:
                 "optimizer. Pass a factory instead: scheduler=lambda opt: StepLR(opt, 10)."
             )
             raise ValueError(msg)
-        if scheduler_interval not in ("step", "epoch"):
-            msg = f"`scheduler_interval` must be 'step' or 'epoch' (got {scheduler_interval!r})."
-            raise ValueError(msg)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            msg = f"`seed` must be an int (got {_describe(seed)})."
-            raise TypeError(msg)
+        check_choice("scheduler_interval", scheduler_interval, ("step", "epoch"))
+        check_int("seed", seed, minimum=None)
         return cls(
             model=model,
             optimizer=optimizer,
             loss_fn=loss_fn,
             scheduler=scheduler,
             scheduler_interval=scheduler_interval,
-            optimizer_factory=factory,
             seed=seed,
             device=model_device(model),
         )
@@ -230,12 +222,12 @@ class TrainState:
     @property
     def rank(self) -> int:
         """This process's rank under the placed strategy (0 when unplaced or single-process)."""
-        return int(getattr(self.strategy, "rank", 0))
+        return self.strategy.rank
 
     @property
     def world_size(self) -> int:
         """The number of processes training together (1 when unplaced or single-process)."""
-        return int(getattr(self.strategy, "world_size", 1))
+        return self.strategy.world_size
 
     @property
     def lr(self) -> float:
@@ -244,48 +236,26 @@ class TrainState:
 
     def __repr__(self) -> str:
         n = sum(p.numel() for p in self.model.parameters())
-        strategy = "unplaced" if self.strategy is None else repr(self.strategy)
         live = "" if self.is_live else ", stale"
         return (
             f"TrainState(step={self.step}, epoch={self.epoch}, "
             f"model={type(self.model).__name__}({n:,} params), "
             f"optimizer={type(self.optimizer).__name__}, device={self.device}, "
-            f"strategy={strategy}{live})"
+            f"strategy={self.strategy!r}{live})"
         )
 
 
-# Copies of the record for the hot path: every step makes a new record, and attrs.evolve re-runs
-# all validators (~6 us). These copy the instance dict instead (~0.6 us), skipping validation,
-# because only ftrain's own code calls them, with values it computed itself; users go through
+# The hot path's copy of the record: every step makes a new record, and attrs.evolve re-runs all
+# validators (~6 us). `_copy` copies the instance dict instead (~0.6 us), skipping validation,
+# because only ftrain's own code calls it, with values it computed itself; users go through
 # `replace`. The record is a dict-backed (not slotted) frozen class so that this copy is one
 # C-level dict update; writing `new.__dict__` directly bypasses the frozen `__setattr__` (as
 # attrs' own generated __init__ does).
 _new = object.__new__
 
 
-def _consume(state: TrainState, consumer: str) -> _Lineage:
-    lineage = state._lineage
-    if state._version != lineage.version:
-        _raise_stale(state, consumer)
-    lineage.version += 1
-    lineage.consumed_by = consumer
-    lineage.consumed_at_step = state.step
-    return lineage
-
-
-def advance(state: TrainState, consumer: str, **changes: Any) -> TrainState:
-    """Consume ``state`` (as ``consumer``) and return the next live record with ``changes``."""
-    lineage = _consume(state, consumer)
-    new = _new(TrainState)
-    d = new.__dict__
-    d.update(state.__dict__)
-    d.update(changes)
-    d["_version"] = lineage.version
-    return new
-
-
-def update(state: TrainState, **changes: Any) -> TrainState:
-    """An unvalidated `replace` for ftrain's own bookkeeping fields (shares the lineage)."""
+def _copy(state: TrainState, changes: Mapping[str, Any]) -> TrainState:
+    """The one unvalidated copy of a record: ``state`` with ``changes`` applied."""
     new = _new(TrainState)
     d = new.__dict__
     d.update(state.__dict__)
@@ -293,21 +263,29 @@ def update(state: TrainState, **changes: Any) -> TrainState:
     return new
 
 
-def advance_step(state: TrainState, consumer: str, step: int, micro_step: int) -> TrainState:
-    """`advance` specialised for the step functions' own transition (new step and micro_step)."""
+def advance(state: TrainState, by: str, **changes: Any) -> TrainState:
+    """Consume ``state`` (``by`` names the consumer) and return the next live record.
+
+    Every record of ``state``'s weights becomes stale; the returned one, with ``changes``
+    applied, is the only live one. For functions that change the weights (steps, `place`, `load`).
+    """
     lineage = state._lineage
     if state._version != lineage.version:
-        _raise_stale(state, consumer)
+        _raise_stale(state, by)
     lineage.version += 1
-    lineage.consumed_by = consumer
+    lineage.consumed_by = by
     lineage.consumed_at_step = state.step
-    new = _new(TrainState)
-    d = new.__dict__
-    d.update(state.__dict__)
-    d["step"] = step
-    d["micro_step"] = micro_step
-    d["_version"] = lineage.version
-    return new
+    changes["_version"] = lineage.version
+    return _copy(state, changes)
+
+
+def set_progress(state: TrainState, **changes: Any) -> TrainState:
+    """``state`` with the loop's bookkeeping fields changed (epoch position, totals, stop flag).
+
+    Unvalidated like `advance`, but consumes nothing: the weights are the same, so the new
+    record shares ``state``'s lineage and both stay live.
+    """
+    return _copy(state, changes)
 
 
 def _raise_stale(state: TrainState, where: str) -> None:
@@ -331,7 +309,7 @@ def check_live(state: object, where: str) -> None:
                 "`(state, metrics)`: unpack it, e.g. `state, metrics = train_step(state, batch)`."
             )
         else:
-            msg = f"`state` passed to `{where}` must be a TrainState (got {_describe(state)})."
+            msg = f"`state` passed to `{where}` must be a TrainState (got {describe(state)})."
         raise TypeError(msg)
     if state._version != state._lineage.version:
         _raise_stale(state, where)
@@ -358,7 +336,7 @@ def fork(state: TrainState) -> TrainState:
         (True, 0, 1)
     """
     check_live(state, "fork")
-    if state.strategy is not None and getattr(state.strategy, "world_size", 1) > 1:
+    if state.world_size > 1:
         msg = (
             "`fork` of a distributed state is not supported: its model is wrapped or sharded "
             f"by {state.strategy!r}. Fork before `place`, or save a checkpoint instead."
@@ -369,13 +347,10 @@ def fork(state: TrainState) -> TrainState:
         (state.model, state.optimizer, state.scheduler, state.scaler, dict(state.callback_state)),
         memo,
     )
-    wrapped = None
-    if state.wrapped is not None:
-        rewrap = getattr(state.strategy, "rewrap", None)
-        if rewrap is None:
-            msg = f"`fork` cannot re-create the wrapper of a state placed with {state.strategy!r}."
-            raise PlacementError(msg)
-        wrapped = rewrap(model)
+    wrapped = None if state.wrapped is None else state.strategy.rewrap(model)
+    if wrapped is None and state.wrapped is not None:
+        msg = f"`fork` cannot re-create the wrapper of a state placed with {state.strategy!r}."
+        raise PlacementError(msg)
     return attrs.evolve(
         state,
         model=model,
@@ -387,62 +362,3 @@ def fork(state: TrainState) -> TrainState:
         _lineage=_Lineage(),
         _version=0,
     )
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of a module's first parameter or buffer (CPU for a module with neither)."""
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
-
-
-def check_optimizer_params(model: nn.Module, optimizer: Optimizer) -> None:
-    """Raise when ``optimizer`` holds parameters that are not ``model``'s."""
-    own = {id(p) for p in model.parameters()}
-    foreign = [
-        (gi, pi, tuple(p.shape))
-        for gi, group in enumerate(optimizer.param_groups)
-        for pi, p in enumerate(group["params"])
-        if id(p) not in own
-    ]
-    if foreign:
-        gi, pi, shape = foreign[0]
-        msg = (
-            f"`optimizer` must hold only parameters of `model`, but {len(foreign)} of its "
-            f"parameters are not the model's (first: param_groups[{gi}]['params'][{pi}], shape "
-            f"{shape}). Build it from this model, or pass a factory: "
-            "optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3)."
-        )
-        raise ValueError(msg)
-
-
-def _check_loss_fn(loss_fn: object) -> None:
-    if not callable(loss_fn):
-        msg = (
-            "`loss_fn` must be a callable loss_fn(model, batch) -> loss or (loss, metrics) "
-            f"(got {_describe(loss_fn)}). For (inputs, targets) batches use "
-            "ftrain.supervised(torch.nn.CrossEntropyLoss())."
-        )
-        raise TypeError(msg)
-    try:
-        sig = inspect.signature(loss_fn)
-    except (TypeError, ValueError):  # builtins and C callables have no signature
-        return
-    try:
-        sig.bind(None, None)
-    except TypeError as err:
-        msg = (
-            f"`loss_fn` must accept two positional arguments (model, batch), but its signature "
-            f"is {getattr(loss_fn, '__name__', type(loss_fn).__name__)}{sig} ({err}). "
-            "Wrap it: loss_fn=lambda model, batch: my_loss(model(batch[0]), batch[1])."
-        )
-        raise CallbackSignatureError(msg) from None
-
-
-def _describe(value: object) -> str:
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{type(value).__name__} {text}" if not isinstance(value, type) else text

@@ -14,11 +14,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from ._batch import cast_floating, move
 from ._rng import mix, seed_step
-from ._state import TrainState, advance_step, check_live
+from ._state import TrainState, advance, check_live
 
 __all__ = [
     "apply_gradients",
@@ -63,7 +62,7 @@ def forward_backward(
     """
     check_live(state, "forward_backward")
     metrics = _forward_backward(state, batch, loss_scale)
-    return advance_step(state, "forward_backward", state.step, state.micro_step + 1), metrics
+    return advance(state, "forward_backward", micro_step=state.micro_step + 1), metrics
 
 
 def apply_gradients(state: TrainState) -> TrainState:
@@ -100,7 +99,7 @@ def apply_gradients(state: TrainState) -> TrainState:
         )
         raise ValueError(msg)
     _apply(state)
-    return advance_step(state, "apply_gradients", state.step + 1, 0)
+    return advance(state, "apply_gradients", step=state.step + 1, micro_step=0)
 
 
 def train_step(state: TrainState, batch: Any) -> tuple[TrainState, Metrics]:
@@ -130,7 +129,7 @@ def train_step(state: TrainState, batch: Any) -> tuple[TrainState, Metrics]:
     skipped = _apply(state)
     if skipped is not None:
         metrics["skipped"] = skipped
-    return advance_step(state, "train_step", state.step + 1, 0), metrics
+    return advance(state, "train_step", step=state.step + 1, micro_step=0), metrics
 
 
 def eval_step(state: TrainState, batch: Any) -> Metrics:
@@ -159,9 +158,9 @@ def eval_metrics(state: TrainState, batch: Any) -> Metrics:
     if state.batch_dtype is not None:
         batch = cast_floating(batch, state.batch_dtype)
     seed_step(mix(state.seed, 0x5EED), state.step, 0, state.device.type == "cuda")
-    # Under DDP, evaluate through the unwrapped model: its forward would sync buffers across
-    # processes, which hangs when ranks evaluate different numbers of batches.
-    module = state.model if isinstance(state.wrapped, DistributedDataParallel) else state.module
+    # The strategy names the module: under DDP the unwrapped model, whose forward syncs nothing
+    # (the wrapper's would broadcast rank 0's buffers over the other ranks' ones).
+    module = state.strategy.eval_module(state)
     with torch.no_grad(), _autocast(state):
         out = state.loss_fn(module, batch)
     loss, metrics = _split(out)

@@ -20,6 +20,7 @@ from typing import Any
 import attrs
 import torch
 
+from ._errors import check_int, check_number
 from ._state import TrainState, advance, check_live
 from ._step import apply_gradients, forward_backward, train_step
 
@@ -37,6 +38,9 @@ def _apply_phase(state: TrainState, metrics: Metrics) -> tuple[TrainState, Metri
 @attrs.frozen
 class Step:
     """A training step built from its two phases; call it as ``step(state, batch)``.
+
+    A `Step` is a `ftrain.EpochAwareStep`: `train_epoch` calls its `finish_epoch` at the end of
+    every completed epoch, which applies a short last accumulation group.
 
     Attributes:
         forward_backward: ``(state, batch, *, loss_scale=1.0) -> (state, metrics)``; accumulates
@@ -129,9 +133,8 @@ def with_grad_clip(
         msg = "`with_grad_clip` needs `max_norm` or `max_value` (got neither)."
         raise ValueError(msg)
     for name, value in (("max_norm", max_norm), ("max_value", max_value)):
-        if value is not None and not (isinstance(value, int | float) and value > 0):
-            msg = f"`{name}` must be a positive number (got {value!r})."
-            raise ValueError(msg)
+        if value is not None:
+            check_number(name, value, positive=True)
     inner = base.apply_gradients
 
     def clipped(state: TrainState, metrics: Metrics) -> tuple[TrainState, Metrics]:
@@ -168,9 +171,7 @@ def with_accumulation(step: Step | Callable[..., Any] = train_step, *, every: in
         (1, 0)
     """
     base = as_step(step)
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        msg = f"`every` must be a positive int (got {every!r})."
-        raise ValueError(msg)
+    check_int("every", every, minimum=1)
     return attrs.evolve(base, accumulate=base.accumulate * every)
 
 

@@ -97,6 +97,39 @@ def test_a_loader_empty_on_one_rank_is_an_error_on_every_rank(tmp_path):
     assert text.count("yields no batches on at least one process") >= 2
 
 
+@pytest.mark.timeout(300)
+def test_ddp_evaluation_counts_each_sample_once_and_leaves_buffers_alone(tmp_path):
+    # A model with BatchNorm buffers; 21 validation samples in batches of 10 give one rank 2
+    # batches and the other 1. Evaluation calls the unwrapped model: DDP's wrapper would
+    # broadcast rank 0's buffers over every other rank's in its first forward.
+    proc = torchrun("ddp-eval", tmp_path / "e", timeout=150)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "e.json").read_text())
+    want = ftrain.eval_epoch(
+        dist_worker.make_bn_state(), dist_worker.make_uneven_val(), prefix="val_"
+    )
+    assert metrics == pytest.approx(want, rel=1e-6)
+    ranks = [torch.load(tmp_path / f"e.rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert any(
+        not torch.equal(a, b) for a, b in zip(ranks[0]["before"], ranks[1]["before"], strict=True)
+    )  # trained on different batches, the ranks' running statistics differ
+    for rank in ranks:
+        for before, after in zip(rank["before"], rank["after"], strict=True):
+            assert torch.equal(before, after)
+
+
+@pytest.mark.timeout(300)
+def test_sync_gradients_averages_gradients_across_ranks(tmp_path):
+    proc = torchrun("sync-grads", tmp_path / "g", timeout=150)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"g.rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for i, (a, b) in enumerate(zip(ranks[0]["before"], ranks[1]["before"], strict=True)):
+        assert not torch.equal(a, b), i  # each rank's own data: no wrapper synced them
+        mean = (a + b) / 2
+        for rank in ranks:
+            torch.testing.assert_close(rank["after"][i], mean, rtol=0, atol=1e-6)
+
+
 def test_distributed_placement_without_torchrun_says_how_to_launch(monkeypatch):
     for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(key, raising=False)

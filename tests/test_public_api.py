@@ -4,9 +4,11 @@ import ftrain
 
 TOP_LEVEL = [
     "Callback", "CallbackSignatureError", "CheckpointError", "DDP", "DevicePrefetcher",
-    "EpochEnd", "EpochSampler", "EpochStart", "EvalEnd", "Event", "FSDP", "FitEnd", "FitStart",
+    "EpochAwareStep", "EpochEnd", "EpochSampler", "EpochStart", "EvalEnd", "Event", "FSDP",
+    "FitEnd", "FitStart",
     "FtrainError", "Interrupted", "IntervalEnd", "LossFn", "NonFiniteError", "PlacementError",
     "SingleDevice", "StaleStateError", "Step", "StepEnd", "StepFn", "Strategy", "TrainState",
+    "Unplaced",
     "__version__", "apply_gradients", "as_step", "batch_size", "callbacks", "chain",
     "checkpoint_record", "eval_epoch", "eval_step", "every", "fit", "fork", "forward_backward",
     "latest_checkpoint", "load", "move", "on", "place", "plot_history", "prepare_loader",
@@ -31,7 +33,9 @@ def test_public_names_are_exactly_these():
     assert sorted(ftrain.__all__) == TOP_LEVEL
     assert sorted(ftrain.callbacks.__all__) == CALLBACKS
     assert sorted(ftrain.testing.__all__) == TESTING
-    assert sorted(ftrain.strategies.__all__) == ["DDP", "FSDP", "SingleDevice", "resolve_device"]
+    assert sorted(ftrain.strategies.__all__) == [
+        "DDP", "FSDP", "SingleDevice", "Unplaced", "resolve_device",
+    ]  # fmt: skip
 
 
 def test_every_public_name_resolves_and_is_documented():

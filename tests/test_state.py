@@ -17,7 +17,7 @@ def test_create_sets_counters_and_keeps_model_where_it_is():
         model=model, optimizer=torch.optim.SGD(model.parameters(), 0.1), loss_fn=_loss, seed=7
     )
     assert (state.step, state.epoch, state.epoch_batch, state.micro_step) == (0, 0, 0, 0)
-    assert state.seed == 7 and state.strategy is None
+    assert state.seed == 7 and state.strategy == ftrain.Unplaced()
     assert state.device == torch.device("cpu") and state.model is model and state.is_live
 
 
@@ -30,7 +30,6 @@ def test_create_accepts_optimizer_and_scheduler_factories():
     )
     assert isinstance(state.optimizer, torch.optim.AdamW)
     assert state.scheduler.optimizer is state.optimizer
-    assert state.optimizer_factory is not None
 
 
 def test_record_is_frozen_and_eq_is_identity(tiny_state):

@@ -104,10 +104,14 @@ def test_fit_counts_optimizer_steps_under_accumulation():
 def test_transform_errors():
     with pytest.raises(ValueError, match="needs `max_norm` or `max_value`"):
         ftrain.with_grad_clip()
-    with pytest.raises(ValueError, match=r"`max_norm` must be a positive number \(got -1\)"):
+    with pytest.raises(ValueError, match=r"`max_norm` must be a finite number > 0 \(got -1\)"):
         ftrain.with_grad_clip(max_norm=-1)
-    with pytest.raises(ValueError, match=r"`every` must be a positive int \(got 0\)"):
+    with pytest.raises(TypeError, match=r"`max_value` must be a number > 0 \(got str '1'\)"):
+        ftrain.with_grad_clip(max_value="1")
+    with pytest.raises(ValueError, match=r"`every` must be an int >= 1 \(got 0\)"):
         ftrain.with_accumulation(every=0)
+    with pytest.raises(TypeError, match=r"`every` must be an int >= 1 \(got float 2.0\)"):
+        ftrain.with_accumulation(every=2.0)
     with pytest.raises(TypeError, match="must be a ftrain.Step"):
         ftrain.with_grad_clip(lambda s, b: (s, {}), max_norm=1.0)
 
@@ -128,3 +132,23 @@ def test_skip_nonfinite_leaves_params_and_optimizer_untouched():
     state, history = ftrain.fit(toy_state(), bad, step_fn=step, max_epochs=1, log_every_n_steps=1)
     assert state.step == 2 and math.isfinite(history[0]["train_loss"])
     assert history[0]["train_skipped"] == 0.0  # skipped batches are left out of the averages
+
+
+def test_train_epoch_calls_finish_epoch_of_an_epoch_aware_step():
+    assert isinstance(ftrain.with_accumulation(every=2), ftrain.EpochAwareStep)
+    assert not isinstance(ftrain.train_step, ftrain.EpochAwareStep)
+    finished = []
+
+    class Counting:
+        def __call__(self, state, batch):
+            return ftrain.train_step(state, batch)
+
+        def finish_epoch(self, state):
+            finished.append(state.step)
+            return state
+
+    batches = [ftrain.testing.toy_batch(seed=i) for i in range(3)]
+    state, _ = ftrain.fit(toy_state(), batches, step_fn=Counting(), max_epochs=2)
+    assert finished == [3, 6] and state.step == 6
+    ftrain.train_epoch(state, batches, step_fn=Counting(), max_steps=7)  # stopped mid-epoch
+    assert finished == [3, 6]

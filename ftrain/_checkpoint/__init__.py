@@ -21,7 +21,6 @@ from typing import Any
 
 from .._errors import CheckpointError, NonFiniteError, check_type
 from .._state import TrainState, advance, check_live
-from ..strategies import FSDP
 from ._format import remove, write_file
 from ._match import check_matches, shapes
 from ._records import checkpoint_record, decode, state_record
@@ -89,19 +88,12 @@ def save(state: TrainState, path: str | os.PathLike[str]) -> Path:
         )
         raise NonFiniteError(msg)
     record = state_record(state)  # first: a value it refuses is refused on every rank
-    if _sharded_wanted(state):
+    if state.strategy.sharded_checkpoint:
         return save_sharded(state, target, record)
     record["model"], record["optimizer"] = state_dicts(state, full=True)  # FSDP: a collective
     if state.rank == 0:
         write_file(target, record)
     return target
-
-
-def _sharded_wanted(state: TrainState) -> bool:
-    # Temporary, until every strategy has the `sharded_checkpoint` property of the `Strategy`
-    # protocol: then this whole function is `state.strategy.sharded_checkpoint`.
-    strategy = state.strategy
-    return isinstance(strategy, FSDP) and state.world_size > 1 and strategy.sharded_checkpoint
 
 
 def load(state: TrainState, path: str | os.PathLike[str]) -> TrainState:

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import attrs
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .._state import TrainState
-from ._dist import all_reduce_sum, init_from_env
-from ._precision import (
-    apply_true_precision,
-    autocast_dtype,
-    check_precision,
-    make_scaler,
-    true_dtype,
-)
-from ._single import move_optimizer_state
+from ._dist import all_reduce_sum, average_gradients, init_from_env, joined
+from ._placement import place_on
+from ._precision import check_precision
+
+if TYPE_CHECKING:
+    from .._state import TrainState
 
 __all__ = ["DDP"]
 
@@ -42,6 +40,8 @@ class DDP:
         static_graph: passed to `DistributedDataParallel`.
         backend: the process-group backend (default: nccl on CUDA, gloo otherwise).
         timeout_s: the process-group timeout: a collective stuck longer than this fails the job.
+        rank: this process's rank, set by `place` (not an argument).
+        world_size: the number of processes, set by `place` (not an argument).
 
     Example:
         >>> import ftrain
@@ -56,23 +56,14 @@ class DDP:
     static_graph: bool = False
     backend: str | None = None
     timeout_s: float = 600.0
-    rank: int = attrs.field(default=0, kw_only=True)
-    world_size: int = attrs.field(default=1, kw_only=True)
+    rank: int = attrs.field(default=0, init=False)
+    world_size: int = attrs.field(default=1, init=False)
+    lockstep_eval: bool = attrs.field(default=False, init=False, repr=False)
+    sharded_checkpoint: bool = attrs.field(default=False, init=False, repr=False)
 
     def setup(self, state: TrainState) -> TrainState:
         rank, world, device = init_from_env(self.backend, self.timeout_s)
-        apply_true_precision(state.model, self.precision)
-        state.model.to(device)
-        move_optimizer_state(state.optimizer, device)
-        placed = attrs.evolve(self, rank=rank, world_size=world)
-        return state.replace(
-            strategy=placed,
-            device=device,
-            wrapped=placed.rewrap(state.model),
-            autocast_dtype=autocast_dtype(self.precision),
-            batch_dtype=true_dtype(self.precision),
-            scaler=make_scaler(self.precision, device),
-        )
+        return place_on(state, joined(self, rank, world), device, self.precision)
 
     def rewrap(self, model: nn.Module) -> nn.Module:
         """Wrap ``model`` in `DistributedDataParallel` (it broadcasts rank 0's weights)."""
@@ -94,3 +85,14 @@ class DDP:
 
     def reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         return all_reduce_sum(tensor)
+
+    def sync_gradients(self, parameters: Iterable[torch.Tensor]) -> None:
+        """Average gradients that did not pass through the wrapper (one all-reduce per dtype)."""
+        if self.world_size > 1:
+            average_gradients([p.grad for p in parameters if p.grad is not None], self.world_size)
+
+    def eval_module(self, state: TrainState) -> nn.Module:
+        """The unwrapped model: the wrapper's first forward after training would broadcast rank
+        0's buffers (BatchNorm statistics) over every other rank's, changing the state that
+        evaluation only measures."""
+        return state.model

@@ -6,9 +6,11 @@ import atexit
 import gc
 import os
 import warnings
+from collections.abc import Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import attrs
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -19,7 +21,16 @@ from .._errors import PlacementError
 if TYPE_CHECKING:
     from torch._C._distributed_c10d import Store
 
-__all__ = ["all_reduce_sum", "broadcast_module", "init_from_env", "rebind_scheduler"]
+__all__ = [
+    "all_reduce_sum",
+    "average_gradients",
+    "broadcast_module",
+    "init_from_env",
+    "joined",
+    "rebind_scheduler",
+]
+
+S = TypeVar("S", bound=attrs.AttrsInstance)
 
 
 def init_from_env(backend: str | None, timeout_s: float) -> tuple[int, int, torch.device]:
@@ -62,6 +73,18 @@ def init_from_env(backend: str | None, timeout_s: float) -> tuple[int, int, torc
         atexit.register(_destroy_group)
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     return dist.get_rank(), dist.get_world_size(), device
+
+
+def joined(strategy: S, rank: int, world_size: int) -> S:
+    """A copy of a frozen strategy recording where `init_from_env` put this process.
+
+    ``rank`` and ``world_size`` are outputs of placement, not arguments (their fields have
+    ``init=False``), so they are set on the copy the way attrs' own ``__init__`` sets fields.
+    """
+    placed = attrs.evolve(strategy)  # type: ignore[misc]  # mypy cannot see S's fields
+    object.__setattr__(placed, "rank", rank)
+    object.__setattr__(placed, "world_size", world_size)
+    return placed
 
 
 def _restart_scoped_store(timeout: timedelta) -> Store | None:
@@ -113,6 +136,24 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` over all processes (in place) and return it."""
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def average_gradients(grads: Sequence[torch.Tensor], world_size: int) -> None:
+    """Replace each of ``grads`` by its mean over all processes, in place.
+
+    The gradients are flattened into one buffer per device and dtype, so the whole set costs one
+    all-reduce each (like DDP's buckets) rather than one per parameter. Every process must pass
+    gradients of the same shapes in the same order.
+    """
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for grad in grads:
+        groups.setdefault((grad.device, grad.dtype), []).append(grad)
+    for group in groups.values():
+        flat = torch.cat([g.reshape(-1) for g in group])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat.div_(world_size)
+        for grad, chunk in zip(group, torch.split(flat, [g.numel() for g in group]), strict=True):
+            grad.copy_(chunk.view_as(grad))
 
 
 def broadcast_module(model: nn.Module) -> None:

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 import torch
 from torch import nn
 
 from .._errors import PlacementError
-from .._state import TrainState
-from ._dist import all_reduce_sum, broadcast_module, init_from_env, rebind_scheduler
-from ._precision import apply_true_precision, check_precision, true_dtype
+from ._dist import (
+    all_reduce_sum,
+    average_gradients,
+    broadcast_module,
+    init_from_env,
+    joined,
+    rebind_scheduler,
+)
+from ._precision import apply_true_precision, autocast_dtype, check_precision, true_dtype
+
+if TYPE_CHECKING:
+    from .._state import TrainState
 
 __all__ = ["FSDP"]
-
-_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 @attrs.frozen
@@ -34,14 +42,18 @@ class FSDP:
             every direct child that has parameters.
         reshard_after_forward: free gathered parameters after forward (saves memory, costs an
             all-gather in backward).
-        precision: ``"32-true"``, ``"bf16-mixed"``, ``"16-mixed"`` or ``"bf16-true"``.
+        precision: ``"32-true"``, ``"bf16-mixed"``, ``"16-mixed"``, ``"bf16-true"`` or
+            ``"16-true"``.
         cpu_offload: keep sharded parameters and optimizer state in CPU memory.
         sharded_checkpoint: `ftrain.save` writes a directory in which every process stores
             its own shards (`torch.distributed.checkpoint`); False gathers everything into one
             file written by rank 0 (simple to copy, but the whole model passes through rank 0).
-            Either loads into any number of processes, or into one.
+            Either loads into any number of processes, or into one. On one process the
+            checkpoint is always a file.
         backend: as for `DDP`.
         timeout_s: as for `DDP`.
+        rank: this process's rank, set by `place` (not an argument).
+        world_size: the number of processes, set by `place` (not an argument).
 
     Example:
         >>> import ftrain
@@ -53,13 +65,18 @@ class FSDP:
     reshard_after_forward: bool = True
     precision: str = attrs.field(default="32-true", validator=check_precision)
     cpu_offload: bool = False
-    sharded_checkpoint: bool = True
+    _sharded_checkpoint: bool = attrs.field(default=True, alias="sharded_checkpoint")
     backend: str | None = None
     timeout_s: float = 600.0
-    rank: int = attrs.field(default=0, kw_only=True)
-    world_size: int = attrs.field(default=1, kw_only=True)
-    lockstep_eval: bool = attrs.field(default=True, init=False)
+    rank: int = attrs.field(default=0, init=False)
+    world_size: int = attrs.field(default=1, init=False)
+    lockstep_eval: bool = attrs.field(default=True, init=False, repr=False)
     """Evaluation runs the same number of forward passes on every rank (all-gathers need it)."""
+
+    @property
+    def sharded_checkpoint(self) -> bool:
+        """`ftrain.save` writes a directory of shards: asked for, and on more than one process."""
+        return self._sharded_checkpoint and self.world_size > 1
 
     def setup(self, state: TrainState) -> TrainState:
         from torch.distributed.fsdp import (
@@ -86,7 +103,7 @@ class FSDP:
             for g in state.optimizer.param_groups
         ]
         mp_policy = MixedPrecisionPolicy(
-            param_dtype=_DTYPES.get(self.precision), reduce_dtype=torch.float32
+            param_dtype=autocast_dtype(self.precision), reduce_dtype=torch.float32
         )
         offload = CPUOffloadPolicy() if self.cpu_offload else OffloadPolicy()
         for module in [*self._targets(model), model]:  # children first, then the root
@@ -102,7 +119,7 @@ class FSDP:
         )
         rebind_scheduler(state.scheduler, optimizer)
         return state.replace(
-            strategy=attrs.evolve(self, rank=rank, world_size=world),
+            strategy=joined(self, rank, world),
             device=device,
             optimizer=optimizer,
             wrapped=None,
@@ -117,3 +134,27 @@ class FSDP:
 
     def reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         return all_reduce_sum(tensor)
+
+    def sync_gradients(self, parameters: Iterable[torch.Tensor]) -> None:
+        """Average the gradients FSDP did not already reduce (one all-reduce per dtype).
+
+        Sharded parameters get their gradients reduce-scattered by FSDP's own backward hooks,
+        whichever module the forward went through; only parameters outside the sharded model
+        hold whole gradients to average.
+        """
+        # Imported here, like `fully_shard` in `setup` (which has already loaded it): it takes
+        # most of a second to import, and only an FSDP run needs it.
+        from torch.distributed.tensor import DTensor
+
+        if self.world_size > 1:
+            grads = [
+                p.grad for p in parameters if p.grad is not None and not isinstance(p, DTensor)
+            ]
+            average_gradients(grads, self.world_size)
+
+    def rewrap(self, model: nn.Module) -> nn.Module | None:
+        """None: `fully_shard` changes the model itself, so the steps call ``state.model``."""
+        return None
+
+    def eval_module(self, state: TrainState) -> nn.Module:
+        return state.module

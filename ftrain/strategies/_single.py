@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
 from torch import nn
-from torch.optim import Optimizer
 
-from .._errors import PlacementError
-from .._state import TrainState
-from ._precision import (
-    apply_true_precision,
-    autocast_dtype,
-    check_precision,
-    make_scaler,
-    true_dtype,
-)
+from .._errors import PlacementError, check_type
+from ._placement import place_on
+from ._precision import check_precision
 
-__all__ = ["SingleDevice", "move_optimizer_state", "resolve_device"]
+if TYPE_CHECKING:
+    from .._state import TrainState
+
+__all__ = ["SingleDevice", "resolve_device"]
 
 
 @attrs.frozen
@@ -51,40 +47,30 @@ class SingleDevice:
     compile: bool | Mapping[str, Any] = False
     """Compile the model with `torch.compile` (True, or a dict of its keyword arguments)."""
 
-    @property
-    def world_size(self) -> int:
-        return 1
-
-    @property
-    def rank(self) -> int:
-        return 0
+    world_size: int = attrs.field(default=1, init=False, repr=False)
+    rank: int = attrs.field(default=0, init=False, repr=False)
+    lockstep_eval: bool = attrs.field(default=False, init=False, repr=False)
+    sharded_checkpoint: bool = attrs.field(default=False, init=False, repr=False)
 
     def setup(self, state: TrainState) -> TrainState:
         device = resolve_device(self.device)
-        # Order: dtype first (so a true-precision cast happens once, on the source device), then
-        # the move, then optimizer state follows the parameters. Parameters keep their identity
-        # under .to(), so the optimizer needs no rebuild on one device.
-        apply_true_precision(state.model, self.precision)
-        state.model.to(device)
-        move_optimizer_state(state.optimizer, device)
-        return state.replace(
-            wrapped=self.rewrap(state.model) if self.compile else None,
-            strategy=attrs.evolve(self, device=device),
-            device=device,
-            autocast_dtype=autocast_dtype(self.precision),
-            batch_dtype=true_dtype(self.precision),
-            scaler=make_scaler(self.precision, device),
-        )
+        return place_on(state, attrs.evolve(self, device=device), device, self.precision)
 
     def reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor
 
-    def rewrap(self, model: nn.Module) -> nn.Module:
-        """The module the steps call for ``model``: the model itself, or its compiled form."""
+    def sync_gradients(self, parameters: Iterable[torch.Tensor]) -> None:
+        pass
+
+    def rewrap(self, model: nn.Module) -> nn.Module | None:
+        """The compiled form of ``model`` the steps call, or None (they call ``model``)."""
         if not self.compile:
-            return model
+            return None
         options = {} if self.compile is True else dict(self.compile)
         return torch.compile(model, **options)  # type: ignore[return-value]
+
+    def eval_module(self, state: TrainState) -> nn.Module:
+        return state.module
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -100,9 +86,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if not isinstance(device, str | torch.device):
-        msg = f"`device` must be a device string such as 'cpu' or a torch.device (got {device!r})."
-        raise TypeError(msg)
+    check_type(
+        "device", device, (str, torch.device), "a device string such as 'cpu' or a torch.device"
+    )
     try:
         dev = torch.device(device)
     except RuntimeError:
@@ -130,11 +116,3 @@ def resolve_device(device: str | torch.device) -> torch.device:
         msg = "`device` 'mps' was requested but MPS is not available here. Use 'cpu' or 'auto'."
         raise PlacementError(msg)
     return dev
-
-
-def move_optimizer_state(optimizer: Optimizer, device: torch.device) -> None:
-    """Move an optimizer's state tensors to ``device`` (scalar ``step`` counters stay put)."""
-    for state in optimizer.state.values():
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor) and not (key == "step" and value.ndim == 0):
-                state[key] = value.to(device)

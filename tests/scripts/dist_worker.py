@@ -32,6 +32,60 @@ def make_loaders(batch_size):
     return DataLoader(ds, batch_size=batch_size, shuffle=True), DataLoader(ds, batch_size=20)
 
 
+def make_bn_state():
+    """A model with BatchNorm buffers (set to values a fresh model would not have)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 2))
+    with torch.no_grad():
+        model[1].running_mean.copy_(torch.linspace(-1, 1, 16))
+        model[1].running_var.copy_(torch.linspace(0.5, 2, 16))
+    return ftrain.TrainState.create(
+        model=model,
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+        loss_fn=ftrain.supervised(nn.CrossEntropyLoss()),
+    )
+
+
+def make_uneven_val():
+    """21 samples in batches of 10: one rank evaluates 2 batches, the other 1."""
+    g = torch.Generator().manual_seed(99)
+    x = torch.randn(21, 10, generator=g)
+    return DataLoader(TensorDataset(x, (x[:, 0] > 0).long()), batch_size=10)
+
+
+def evaluate_unevenly(out):
+    """DDP evaluation with BatchNorm buffers and unequal batch counts per rank."""
+    state = ftrain.place(make_bn_state(), ftrain.DDP(timeout_s=30.0))
+    val = make_uneven_val()
+    metrics = ftrain.eval_epoch(state, val, prefix="val_")
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(32, 10, generator=g)
+    train = DataLoader(TensorDataset(x, (x[:, 1] > 0).long()), batch_size=8, shuffle=True)
+    # Each rank's last forward updates its own running statistics: they now differ by rank.
+    state, _ = ftrain.fit(state, train, max_epochs=1)
+    before = [b.clone() for b in state.model.buffers()]
+    ftrain.eval_epoch(state, val)
+    after = [b.clone() for b in state.model.buffers()]
+    torch.save({"before": before, "after": after}, f"{out}.rank{state.rank}.pt")
+    if state.rank == 0:
+        with open(out + ".json", "w") as f:
+            json.dump(metrics, f)
+
+
+def sync_outside_the_wrapper(out):
+    """Gradients of a backward through `state.model` (not DDP's wrapper) stay per rank until
+    `sync_gradients` averages them."""
+    state = ftrain.place(make_state(), ftrain.DDP(timeout_s=30.0))
+    g = torch.Generator().manual_seed(state.rank)
+    x, y = torch.randn(8, 10, generator=g), torch.randint(0, 2, (8,), generator=g)
+    loss, _ = state.loss_fn(state.model, (x, y))
+    loss.backward()
+    before = [p.grad.clone() for p in state.model.parameters()]
+    state.strategy.sync_gradients(state.model.parameters())
+    after = [p.grad.clone() for p in state.model.parameters()]
+    torch.save({"before": before, "after": after}, f"{out}.rank{state.rank}.pt")
+
+
 def full_state_dict(state):
     out = {}
     for k, v in state.model.state_dict().items():
@@ -42,6 +96,10 @@ def full_state_dict(state):
 def main():
     mode, out = sys.argv[1], sys.argv[2]
     torch.set_num_threads(1)
+    if mode == "ddp-eval":
+        return evaluate_unevenly(out)
+    if mode == "sync-grads":
+        return sync_outside_the_wrapper(out)
     # The elastic run restarts the group: a short timeout makes a failed re-initialisation fail
     # fast (and be retried by torchrun) instead of waiting out the default.
     timeout_s = 30.0 if mode == "elastic" else 600.0
