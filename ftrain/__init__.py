@@ -56,6 +56,7 @@ from ._transforms import with_accumulation as with_accumulation
 from ._transforms import with_grad_clip as with_grad_clip
 from ._transforms import with_skip_nonfinite as with_skip_nonfinite
 from ._typing import Callback as Callback
+from ._typing import CallbackWithMemory as CallbackWithMemory
 from ._typing import EpochAwareStep as EpochAwareStep
 from ._typing import LossFn as LossFn
 from ._typing import StepFn as StepFn
@@ -75,6 +76,7 @@ __all__ = (
     "FSDP",
     "Callback",
     "CallbackSignatureError",
+    "CallbackWithMemory",
     "CheckpointError",
     "DevicePrefetcher",
     "EpochAwareStep",

@@ -1,6 +1,6 @@
 """Sample-weighted means of step metrics, kept on the device until one sync.
 
-Per step, `MeanAccumulator.add` only appends references (no tensor op, no sync). `compute` does
+Per step, `MeanAccumulator.add` only appends references (no tensor op, no sync). `sums` does
 the arithmetic for the whole interval at once: a few stacks, one collective across processes (when
 placed on several) and one ``tolist()`` host sync.
 """
@@ -24,7 +24,7 @@ def sample_count(metrics: Mapping[str, Any], default: int) -> Any:
 
 
 class MeanAccumulator:
-    """Collect ``(metrics, count)`` per batch; `compute` returns weighted means as floats."""
+    """Collect ``(metrics, count)`` per batch; `sums` returns ``(weighted sum, count)`` per key."""
 
     __slots__ = ("counts", "first_step", "values")
 
