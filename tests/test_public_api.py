@@ -3,7 +3,8 @@
 import ftrain
 
 TOP_LEVEL = [
-    "Callback", "CallbackSignatureError", "CallbackWithMemory", "CheckpointError", "DDP", "DevicePrefetcher",
+    "Callback", "CallbackSignatureError", "CallbackWithMemory", "CheckpointError", "DDP",
+    "DevicePrefetcher",
     "EpochAwareStep", "EpochEnd", "EpochSampler", "EpochStart", "EvalEnd", "Event", "FSDP",
     "FitEnd", "FitStart",
     "FtrainError", "Interrupted", "IntervalEnd", "LossFn", "NonFiniteError", "PlacementError",
