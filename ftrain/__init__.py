@@ -41,9 +41,11 @@ from ._events import IntervalEnd as IntervalEnd
 from ._events import StepEnd as StepEnd
 from ._fit import fit as fit
 from ._loss import supervised as supervised
+from ._outputs import Loss as Loss
 from ._place import place as place
 from ._plot import plot_history as plot_history
 from ._prefetch import DevicePrefetcher as DevicePrefetcher
+from ._schedulers import step_scheduler as step_scheduler
 from ._state import TrainState as TrainState
 from ._state import fork as fork
 from ._step import apply_gradients as apply_gradients
@@ -90,6 +92,7 @@ __all__ = (
     "FtrainError",
     "Interrupted",
     "IntervalEnd",
+    "Loss",
     "LossFn",
     "NonFiniteError",
     "PlacementError",
@@ -123,6 +126,7 @@ __all__ = (
     "prepare_loader",
     "read_checkpoint",
     "save",
+    "step_scheduler",
     "strategies",
     "supervised",
     "testing",

@@ -205,13 +205,13 @@ def eval_epoch(
         for i, batch in enumerate(batches):
             if max_batches is not None and i >= max_batches:
                 break
-            metrics = eval_metrics(state, batch)
+            metrics = eval_metrics(state, batch, i)
             acc.add(metrics, metrics.get("count", batch_size(batch)))
         if most is not None and state.strategy.lockstep_eval:
             # Sharded models all-gather in every forward: ranks with fewer batches run the
             # missing forwards on their last batch and drop the results.
-            for _ in range(most - len(acc)):
-                eval_metrics(state, batch)
+            for extra in range(len(acc), most):
+                eval_metrics(state, batch, extra)
     sums = acc.sums(reduce_sum)
     if not sums:
         msg = "`loader` passed to `eval_epoch` yielded no batches."

@@ -13,7 +13,7 @@ from ._data import prepare_loader
 from ._epoch import eval_epoch, train_epoch
 from ._errors import check_int
 from ._events import EvalEnd, FitEnd, FitStart, Interrupted, StepEnd
-from ._schedulers import step_plateau_scheduler
+from ._schedulers import step_scheduler
 from ._signals import catch_signals
 from ._state import TrainState, check_live, set_progress
 from ._step import train_step
@@ -132,10 +132,10 @@ def fit(
                 break
             row: dict[str, Any] = {"epoch": epoch, "step": state.step, **logs}
             if val is not None and state.epoch % val_every_n_epochs == 0:
-                state, metrics = _validate(state, val, epoch, user_cb, limit_val_batches)
+                state, metrics = _validate(state, val, epoch, user_cb, limit_val_batches, row)
                 row.update(metrics)
             elif val is None:
-                step_plateau_scheduler(state, row)
+                state = step_scheduler(state, row)
             history.append(row)
     if signalled:
         state = user_cb(state, Interrupted(step=state.step, epoch=state.epoch, reason="signal"))
@@ -144,11 +144,16 @@ def fit(
 
 
 def _validate(
-    state: TrainState, val: Any, epoch: int, user_cb: Callback, max_batches: int | None
+    state: TrainState,
+    val: Any,
+    epoch: int,
+    user_cb: Callback,
+    max_batches: int | None,
+    train_logs: Mapping[str, Any] | None = None,
 ) -> tuple[TrainState, dict[str, float]]:
     metrics = eval_epoch(state, val, max_batches=max_batches, prefix="val_")
-    if state.epoch_batch == 0:  # an epoch-end validation drives ReduceLROnPlateau
-        step_plateau_scheduler(state, metrics)
+    if train_logs is not None:  # an epoch-end validation drives ReduceLROnPlateau
+        state = step_scheduler(state, {**train_logs, **metrics})
     return user_cb(state, EvalEnd(step=state.step, epoch=epoch, metrics=metrics)), metrics
 
 

@@ -25,14 +25,18 @@ def mix(*values: int) -> int:
     return h & 0x7FFFFFFFFFFFFFFF
 
 
-def seed_step(seed: int, step: int, micro_step: int, cuda: bool, rank: int = 0) -> None:
-    """Reseed torch's generators for one forward/backward pass (``rank`` decorrelates processes)."""
+def seed_step(
+    seed: int, step: int, micro_step: int, cuda: bool, rank: int = 0, retry: int = 0
+) -> None:
+    """Reseed torch's generators for one forward/backward pass (``rank`` decorrelates processes,
+    ``retry`` counts skipped updates, so a retried step draws fresh numbers)."""
     # One splitmix64 finaliser over a linear combination: the hot-path version of `mix`.
     h = (
         seed * 0x9E3779B97F4A7C15
         + step * 0xBF58476D1CE4E5B9
         + micro_step * 0x94D049BB133111EB
         + rank * 0xD6E8FEB86659FD93
+        + retry * 0xCA5A826395121157
     ) & _MASK
     h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9 & _MASK
     h = (h ^ (h >> 27)) * 0x94D049BB133111EB & _MASK

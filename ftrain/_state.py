@@ -18,6 +18,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from ._errors import PlacementError, StaleStateError, check_choice, check_int, check_type, describe
+from ._schedulers import check_scheduler, resolve_interval
 from ._state_checks import check_loss_fn, check_optimizer_params, is_scheduler, model_device
 from ._typing import LossFn, Strategy
 from .strategies._unplaced import Unplaced
@@ -81,6 +82,8 @@ class TrainState:
     scheduler_interval: Literal["step", "epoch"] = attrs.field(
         default="step", validator=attrs.validators.in_(("step", "epoch"))
     )
+    scheduler_monitor: str | None = attrs.field(default=None)
+    """The metric a metric-driven scheduler (ReduceLROnPlateau) steps on; see `step_scheduler`."""
     step: int = attrs.field(
         default=0, validator=[attrs.validators.instance_of(int), attrs.validators.ge(0)]
     )
@@ -94,6 +97,14 @@ class TrainState:
     micro_step: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     """`forward_backward` calls since the last `apply_gradients` (gradient accumulation)."""
     seed: int = attrs.field(default=0, validator=attrs.validators.instance_of(int))
+    stream: int = attrs.field(default=0, validator=attrs.validators.instance_of(int))
+    """Mixed into every seed the run derives, so two states with one seed can draw differently."""
+    grad_count: Any = attrs.field(default=None)
+    """Samples (or tokens) behind the gradients accumulated since the last update, on every
+    process: the running count exact accumulation weighs by (see `forward_backward`)."""
+    skipped_steps: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    """Updates `with_skip_nonfinite` skipped; part of every training draw's random stream, so a
+    retried step draws fresh numbers."""
     # Not validated here: a runtime check against the Strategy protocol costs tens of
     # microseconds on every `replace`; `place` checks the strategy it is given instead.
     strategy: Strategy = attrs.field(factory=Unplaced)
@@ -127,7 +138,8 @@ class TrainState:
         optimizer: Optimizer | OptimizerFactory,
         loss_fn: LossFn,
         scheduler: LRScheduler | SchedulerFactory | None = None,
-        scheduler_interval: Literal["step", "epoch"] = "step",
+        scheduler_interval: Literal["step", "epoch"] | None = None,
+        scheduler_monitor: str | None = None,
         seed: int = 0,
     ) -> TrainState:
         """Build the state of a new run (``step=0``, ``epoch=0``), checking every argument.
@@ -142,7 +154,10 @@ class TrainState:
                 `ftrain.supervised` builds the common ``(inputs, targets)`` case.
             scheduler: an LR scheduler over ``optimizer``, or a factory ``optimizer -> scheduler``.
             scheduler_interval: ``"step"`` steps the scheduler after every optimizer step,
-                ``"epoch"`` after every epoch (in `train_epoch`).
+                ``"epoch"`` after every epoch (in `train_epoch`). Default: ``"epoch"`` for
+                ``ReduceLROnPlateau``, ``"step"`` for the others.
+            scheduler_monitor: the metric ``ReduceLROnPlateau`` steps on, as logged (e.g.
+                ``"val_acc"``), in the direction of its own ``mode``; see `ftrain.step_scheduler`.
             seed: the seed every random choice of the run is derived from (dropout, shuffling).
 
         Returns:
@@ -190,14 +205,17 @@ class TrainState:
                 "optimizer. Pass a factory instead: scheduler=lambda opt: StepLR(opt, 10)."
             )
             raise ValueError(msg)
-        check_choice("scheduler_interval", scheduler_interval, ("step", "epoch"))
+        interval = resolve_interval(scheduler, scheduler_interval)
+        check_choice("scheduler_interval", interval, ("step", "epoch"))
+        check_scheduler(scheduler, interval, scheduler_monitor, "")
         check_int("seed", seed, minimum=None)
         return cls(
             model=model,
             optimizer=optimizer,
             loss_fn=loss_fn,
             scheduler=scheduler,
-            scheduler_interval=scheduler_interval,
+            scheduler_interval=interval,  # type: ignore[arg-type]
+            scheduler_monitor=scheduler_monitor,
             seed=seed,
             device=model_device(model),
         )

@@ -16,8 +16,11 @@ import torch
 from torch import nn
 
 from ._batch import cast_floating, move
-from ._rng import mix, seed_step
+from ._outputs import read_output
+from ._rng import seed_step
 from ._state import TrainState, advance, check_live
+from ._streams import EVAL, seed_site
+from ._weighting import weigh
 
 __all__ = [
     "apply_gradients",
@@ -61,8 +64,8 @@ def forward_backward(
         (1, 0)
     """
     check_live(state, "forward_backward")
-    metrics = _forward_backward(state, batch, loss_scale)
-    return advance(state, "forward_backward", micro_step=state.micro_step + 1), metrics
+    metrics, changes = _forward_backward(state, batch, loss_scale, record=True)
+    return advance(state, "forward_backward", micro_step=state.micro_step + 1, **changes), metrics
 
 
 def apply_gradients(state: TrainState) -> TrainState:
@@ -99,7 +102,7 @@ def apply_gradients(state: TrainState) -> TrainState:
         )
         raise ValueError(msg)
     _apply(state)
-    return advance(state, "apply_gradients", step=state.step + 1, micro_step=0)
+    return advance(state, "apply_gradients", step=state.step + 1, micro_step=0, grad_count=None)
 
 
 def train_step(state: TrainState, batch: Any) -> tuple[TrainState, Metrics]:
@@ -125,11 +128,11 @@ def train_step(state: TrainState, batch: Any) -> tuple[TrainState, Metrics]:
         (1, 'cpu')
     """
     check_live(state, "train_step")
-    metrics = _forward_backward(state, batch)
+    metrics, _ = _forward_backward(state, batch)
     skipped = _apply(state)
     if skipped is not None:
         metrics["skipped"] = skipped
-    return advance(state, "train_step", step=state.step + 1, micro_step=0), metrics
+    return advance(state, "train_step", step=state.step + 1, micro_step=0, grad_count=None), metrics
 
 
 def eval_step(state: TrainState, batch: Any) -> Metrics:
@@ -152,19 +155,19 @@ def eval_step(state: TrainState, batch: Any) -> Metrics:
         return eval_metrics(state, batch)
 
 
-def eval_metrics(state: TrainState, batch: Any) -> Metrics:
-    """`eval_step` without the mode switch and checks (for loops that switch once per epoch)."""
+def eval_metrics(state: TrainState, batch: Any, index: int = 0) -> Metrics:
+    """`eval_step` without the mode switch and checks (for loops that switch once per epoch);
+    ``index`` is the batch's place in the evaluation, which picks its random stream."""
     batch = move(batch, state.device, non_blocking=state.device.type == "cuda")
     if state.batch_dtype is not None:
         batch = cast_floating(batch, state.batch_dtype)
-    seed_step(mix(state.seed, 0x5EED), state.step, 0, state.device.type == "cuda")
+    seed_site(state, EVAL, index)
     # The strategy names the module: under DDP the unwrapped model, whose forward syncs nothing
     # (the wrapper's would broadcast rank 0's buffers over the other ranks' ones).
     module = state.strategy.eval_module(state)
     with torch.no_grad(), _autocast(state):
         out = state.loss_fn(module, batch)
-    loss, metrics = _split(out)
-    return _metrics(loss, metrics)
+    return read_output(out).metrics
 
 
 @contextlib.contextmanager
@@ -179,30 +182,31 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
             m.training = flag
 
 
-def _forward_backward(state: TrainState, batch: Any, loss_scale: float = 1.0) -> Metrics:
+def _forward_backward(
+    state: TrainState, batch: Any, loss_scale: float = 1.0, *, record: bool = False
+) -> tuple[Metrics, Mapping[str, Any]]:
     device = state.device
     cuda = device.type == "cuda"
     batch = move(batch, device, non_blocking=cuda)
     if state.batch_dtype is not None:
         batch = cast_floating(batch, state.batch_dtype)
-    seed_step(state.seed, state.step, state.micro_step, cuda, state.rank)
+    seed_step(state.seed, state.step, state.micro_step, cuda, state.rank, state.skipped_steps)
     if state.autocast_dtype is None:
-        out = state.loss_fn(state.module, batch)
+        out = read_output(state.loss_fn(state.module, batch))
     else:
         with _autocast(state):
-            out = state.loss_fn(state.module, batch)
-    loss, metrics = _split(out)
-    if not loss.requires_grad:
+            out = read_output(state.loss_fn(state.module, batch))
+    if not out.loss.requires_grad:
         msg = (
             "`loss_fn` returned a loss that does not require grad: it was detached, computed "
             "under torch.no_grad(), or no parameter it used requires grad. Return the loss "
             "tensor itself, not loss.detach() or loss.item()."
         )
         raise ValueError(msg)
-    scaled = loss if loss_scale == 1.0 else loss * loss_scale
+    scaled, changes = weigh(state, out, batch, loss_scale, record=record)
     scaler = state.scaler
     (scaled if scaler is None else scaler.scale(scaled)).backward()
-    return _metrics(loss, metrics)
+    return out.metrics, changes
 
 
 def _apply(state: TrainState) -> torch.Tensor | None:
@@ -235,38 +239,3 @@ def _autocast(state: TrainState) -> contextlib.AbstractContextManager[Any]:
     if state.autocast_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(state.device.type, dtype=state.autocast_dtype)
-
-
-def _split(out: Any) -> tuple[torch.Tensor, Mapping[str, Any]]:
-    if type(out) is tuple:
-        if len(out) != 2 or not isinstance(out[1], Mapping):
-            msg = (
-                "`loss_fn` must return a scalar loss tensor or (loss, metrics) with metrics a "
-                f"dict (got a tuple of {len(out)}: {', '.join(type(v).__name__ for v in out)})."
-            )
-            raise TypeError(msg)
-        loss, metrics = out
-    else:
-        loss, metrics = out, {}
-    if not isinstance(loss, torch.Tensor):
-        msg = (
-            "`loss_fn` must return the loss as a torch.Tensor (got "
-            f"{type(loss).__name__}). Return the tensor, not loss.item()."
-        )
-        raise TypeError(msg)
-    if loss.ndim != 0:
-        msg = (
-            f"`loss_fn` must return a scalar loss (got a tensor of shape {tuple(loss.shape)}). "
-            "Reduce it, e.g. criterion(..., reduction='mean') or loss.mean()."
-        )
-        raise ValueError(msg)
-    return loss, metrics
-
-
-def _metrics(loss: torch.Tensor, extra: Mapping[str, Any]) -> Metrics:
-    metrics = {"loss": loss.detach()}
-    if not extra:
-        return metrics
-    for k, v in extra.items():
-        metrics[k] = v.detach() if isinstance(v, torch.Tensor) else v
-    return metrics

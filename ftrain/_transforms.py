@@ -43,12 +43,12 @@ class Step:
     every completed epoch, which applies a short last accumulation group.
 
     Attributes:
-        forward_backward: ``(state, batch, *, loss_scale=1.0) -> (state, metrics)``; accumulates
-            gradients of ``loss * loss_scale`` (`ftrain.forward_backward` by default).
+        forward_backward: ``(state, batch) -> (state, metrics)``; accumulates the batch's
+            gradients, weighted by its count (`ftrain.forward_backward` by default).
         apply_gradients: ``(state, metrics) -> (state, metrics)``; the optimizer update. It may
             add metrics (the gradient norm).
-        accumulate: batches per optimizer step (gradient accumulation); the loss of each is
-            scaled by ``1 / accumulate``.
+        accumulate: batches per optimizer step (gradient accumulation); each weighs by its
+            sample (or token) count, so the update is that of the whole group as one batch.
 
     Example:
         >>> import ftrain
@@ -66,7 +66,7 @@ class Step:
         if self.accumulate == 1:
             state, metrics = self.forward_backward(state, batch)
             return self.apply_gradients(state, metrics)
-        state, metrics = self.forward_backward(state, batch, loss_scale=1.0 / self.accumulate)
+        state, metrics = self.forward_backward(state, batch)
         if state.micro_step < self.accumulate:
             return state, metrics
         return self.apply_gradients(state, metrics)
@@ -74,17 +74,12 @@ class Step:
     def finish_epoch(self, state: TrainState) -> TrainState:
         """Apply a short last accumulation group at an epoch's end (called by `train_epoch`).
 
-        Its gradients were scaled by ``1 / accumulate`` per batch; they are rescaled to the mean
-        over the batches the group actually had before the update.
+        Its gradients already are the mean over the samples the group had (accumulation weighs
+        every batch by its count), so the update is that of the short group as one batch.
         """
         check_live(state, "finish_epoch")
         if state.micro_step == 0:
             return state
-        if state.micro_step < self.accumulate:
-            factor = self.accumulate / state.micro_step
-            for p in state.model.parameters():
-                if p.grad is not None:
-                    p.grad.mul_(factor)
         state, _ = self.apply_gradients(state, {})
         return state
 
@@ -154,10 +149,12 @@ def with_grad_clip(
 def with_accumulation(step: Step | Callable[..., Any] = train_step, *, every: int) -> Step:
     """Accumulate gradients over ``every`` batches per optimizer step.
 
-    Each batch's loss is scaled by ``1 / every`` so the update uses the mean gradient. The step
+    Exact: each batch weighs by its count (its leading dimension, or the ``count`` its loss
+    reports, e.g. tokens), so the update equals that of the whole group as one batch, uneven
+    batches and processes with different counts included (see `forward_backward`). The step
     counter, the per-step LR scheduler and the log interval count optimizer steps, not batches.
-    At an epoch's end a short last group is applied with its gradients rescaled to the mean over
-    the batches it had (`train_epoch` calls `Step.finish_epoch`).
+    At an epoch's end a short last group is applied as it is (`train_epoch` calls
+    `Step.finish_epoch`).
 
     Example:
         >>> import ftrain
@@ -210,6 +207,9 @@ def with_skip_nonfinite(step: Step | Callable[..., Any] = train_step) -> Step:
         skipped = torch.ones((), device=state.device)
         zeros["count"] = torch.zeros((), dtype=torch.long, device=state.device)
         zeros["skipped"] = skipped
-        return advance(state, "with_skip_nonfinite", micro_step=0), zeros
+        skips = state.skipped_steps + 1  # the retried step draws fresh random numbers
+        return advance(
+            state, "with_skip_nonfinite", micro_step=0, grad_count=None, skipped_steps=skips
+        ), zeros
 
     return attrs.evolve(base, apply_gradients=guarded)

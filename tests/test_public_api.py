@@ -7,13 +7,13 @@ TOP_LEVEL = [
     "DevicePrefetcher",
     "EpochAwareStep", "EpochEnd", "EpochSampler", "EpochStart", "EvalEnd", "Event", "FSDP",
     "FitEnd", "FitStart",
-    "FtrainError", "Interrupted", "IntervalEnd", "LossFn", "NonFiniteError", "PlacementError",
+    "FtrainError", "Interrupted", "IntervalEnd", "Loss", "LossFn", "NonFiniteError", "PlacementError",
     "SingleDevice", "StaleStateError", "Step", "StepEnd", "StepFn", "Strategy", "TrainState",
     "Unplaced",
     "__version__", "apply_gradients", "as_step", "batch_size", "callbacks", "chain",
     "checkpoint_record", "eval_epoch", "eval_step", "every", "fit", "fork", "forward_backward",
     "latest_checkpoint", "load", "move", "on", "place", "plot_history", "prepare_loader",
-    "read_checkpoint", "save", "strategies", "supervised", "testing", "train_epoch", "train_step",
+    "read_checkpoint", "save", "step_scheduler", "strategies", "supervised", "testing", "train_epoch", "train_step",
     "when", "with_accumulation", "with_grad_clip", "with_skip_nonfinite",
 ]  # fmt: skip
 

@@ -129,7 +129,7 @@ def test_supervised_reports_accuracy_for_classification():
     ("loss_fn", "error", "match"),
     [
         (lambda m, b: m(b[0]), ValueError, r"scalar loss \(got a tensor of shape \(4, 3\)\)"),
-        (lambda m, b: 1.0, TypeError, r"torch.Tensor \(got float\)"),
+        (lambda m, b: 1.0, TypeError, r"\(got float\)"),
         (lambda m, b: m(b[0]).sum().detach(), ValueError, "does not require grad"),
         (lambda m, b: (m(b[0]).sum(), 3), TypeError, "metrics a dict"),
     ],
