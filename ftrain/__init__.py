@@ -44,6 +44,9 @@ from ._loss import supervised as supervised
 from ._outputs import Loss as Loss
 from ._place import place as place
 from ._plot import plot_history as plot_history
+from ._predict import Inference as Inference
+from ._predict import inference as inference
+from ._predict import predict as predict
 from ._prefetch import DevicePrefetcher as DevicePrefetcher
 from ._schedulers import step_scheduler as step_scheduler
 from ._state import TrainState as TrainState
@@ -90,6 +93,7 @@ __all__ = (
     "FitEnd",
     "FitStart",
     "FtrainError",
+    "Inference",
     "Interrupted",
     "IntervalEnd",
     "Loss",
@@ -117,12 +121,14 @@ __all__ = (
     "fit",
     "fork",
     "forward_backward",
+    "inference",
     "latest_checkpoint",
     "load",
     "move",
     "on",
     "place",
     "plot_history",
+    "predict",
     "prepare_loader",
     "read_checkpoint",
     "save",

@@ -196,7 +196,7 @@ _TIMING = ("epoch_time", "samples_per_sec")
 
 def assert_states_equal(a: TrainState, b: TrainState) -> None:
     """Assert two states hold bit-identical weights, buffers, optimizer state and counters."""
-    for field in ("step", "epoch", "epoch_batch", "micro_step", "seed"):
+    for field in ("step", "epoch", "epoch_batch", "micro_step", "skipped_steps", "seed"):
         if getattr(a, field) != getattr(b, field):
             msg = f"`{field}` differs: {getattr(a, field)} vs {getattr(b, field)}."
             raise AssertionError(msg)

@@ -221,3 +221,41 @@ def test_restart_scoping_applies_to_one_node_torchrun_only(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert _restart_scoped_store(timedelta(seconds=1)) is None
+
+
+@pytest.mark.timeout(300)
+def test_ranks_with_uneven_counts_step_like_the_whole_batch(tmp_path):
+    proc = torchrun("weighting", tmp_path / "w", timeout=150)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = torch.load(tmp_path / "w.pt", weights_only=True)
+    x, y = dist_worker.regression_data()
+    tokens, mask = dist_worker.token_data()
+    wants = {
+        "accumulated": ftrain.train_step(dist_worker.regression_state(), (x, y))[0],
+        "uneven": ftrain.train_step(dist_worker.regression_state(), (x, y))[0],
+        "sum": ftrain.train_step(dist_worker.sum_state(), (x, y))[0],
+        "tokens": ftrain.train_step(dist_worker.token_state(), (tokens, mask))[0],
+        "tokens-uneven": ftrain.train_step(dist_worker.token_state(), (tokens, mask))[0],
+    }
+    for case, want in wants.items():
+        for a, b in zip(got[case], want.model.parameters(), strict=True):
+            torch.testing.assert_close(a, b.detach(), rtol=0, atol=1e-6, msg=case)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("mode", ["predict-ddp", "predict-fsdp"])
+def test_predict_on_two_processes_returns_what_one_returns_in_dataset_order(tmp_path, mode):
+    proc = torchrun(mode, tmp_path / "p", timeout=150)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = torch.load(tmp_path / "p.pt", weights_only=True)
+    state = dist_worker.make_state()
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(21, 10, generator=g)
+    state.model.eval()
+    with torch.no_grad():
+        want = state.model(x)
+    torch.testing.assert_close(got["concat"], want, rtol=0, atol=1e-6)
+    torch.testing.assert_close(got["padded"], want, rtol=0, atol=1e-6)
+    assert torch.equal(got["labels"], torch.arange(21))  # dataset order, padding dropped
+    assert [len(b) for b in got["per_batch"]] == [4, 4, 4, 4, 4, 1]
+    torch.testing.assert_close(torch.cat(got["per_batch"]), want, rtol=0, atol=1e-6)

@@ -3,25 +3,17 @@ counts in the logs; reserved metric names."""
 
 import pytest
 import torch
+from scripts.dist_worker import (
+    regression_data,
+    regression_state,
+    sum_state,
+    token_data,
+    token_state,
+)
 from torch import nn
 
 import ftrain
 from ftrain import Loss
-
-
-def _regression_state(seed=0):
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1))
-    return ftrain.TrainState.create(
-        model=model,
-        optimizer=lambda p: torch.optim.SGD(p, lr=0.5),
-        loss_fn=lambda m, b: nn.functional.mse_loss(m(b[0]), b[1]),
-    )
-
-
-def _data(n=7, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 5, generator=g), torch.randn(n, 1, generator=g)
 
 
 def _params(state):
@@ -34,16 +26,16 @@ def _close(a, b, atol=1e-6):
 
 
 def test_micro_batches_of_6_and_1_equal_the_batch_of_7():
-    x, y = _data()
-    whole, _ = ftrain.train_step(_regression_state(), (x, y))
-    state = _regression_state()
+    x, y = regression_data()
+    whole, _ = ftrain.train_step(regression_state(), (x, y))
+    state = regression_state()
     state, _ = ftrain.forward_backward(state, (x[:6], y[:6]))
     state, _ = ftrain.forward_backward(state, (x[6:], y[6:]))
     state = ftrain.apply_gradients(state)
     _close(_params(state), _params(whole))
     # the same through the transform, the short batch first
     step = ftrain.with_accumulation(every=2)
-    state = _regression_state()
+    state = regression_state()
     state, _ = step(state, (x[6:], y[6:]))
     assert state.step == 0
     state, _ = step(state, (x[:6], y[:6]))
@@ -53,54 +45,27 @@ def test_micro_batches_of_6_and_1_equal_the_batch_of_7():
 
 def test_an_uneven_last_group_of_an_epoch_is_its_own_batch():
     # 7 samples in batches of 2, 2, 2, 1 and groups of 4 batches: one short group of 7 samples
-    x, y = _data()
-    whole, _ = ftrain.train_step(_regression_state(), (x, y))
+    x, y = regression_data()
+    whole, _ = ftrain.train_step(regression_state(), (x, y))
     batches = [(x[i : i + 2], y[i : i + 2]) for i in range(0, 7, 2)]
     state, _ = ftrain.train_epoch(
-        _regression_state(), batches, step_fn=ftrain.with_accumulation(every=5)
+        regression_state(), batches, step_fn=ftrain.with_accumulation(every=5)
     )
     assert state.step == 1
     _close(_params(state), _params(whole))
 
 
-def _token_state(seed=0):
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Embedding(11, 6), nn.Linear(6, 11))
-
-    def token_mean(m, batch):
-        tokens, mask = batch
-        logits = m(tokens[:, :-1])
-        nll = nn.functional.cross_entropy(
-            logits.reshape(-1, 11), tokens[:, 1:].reshape(-1), reduction="none"
-        )
-        valid = mask[:, 1:].reshape(-1).float()
-        n = valid.sum()
-        return Loss((nll * valid).sum() / n, count=n)
-
-    return ftrain.TrainState.create(
-        model=model, optimizer=lambda p: torch.optim.SGD(p, lr=1.0), loss_fn=token_mean
-    )
-
-
-def _tokens():
-    g = torch.Generator().manual_seed(3)
-    tokens = torch.randint(0, 11, (4, 9), generator=g)
-    lengths = torch.tensor([9, 2, 3, 8])  # very different token counts per sequence
-    mask = torch.arange(9)[None, :] < lengths[:, None]
-    return tokens, mask
-
-
 def test_token_mean_losses_accumulate_by_their_token_counts():
-    tokens, mask = _tokens()
-    whole, _ = ftrain.train_step(_token_state(), (tokens, mask))
-    state = _token_state()
+    tokens, mask = token_data()
+    whole, _ = ftrain.train_step(token_state(), (tokens, mask))
+    state = token_state()
     for part in ((0, 1), (1, 3), (3, 4)):
         sl = slice(*part)
         state, _ = ftrain.forward_backward(state, (tokens[sl], mask[sl]))
     state = ftrain.apply_gradients(state)
     _close(_params(state), _params(whole))
     # equal weights per micro-batch (the old 1/k scaling) would differ clearly
-    naive = _token_state()
+    naive = token_state()
     for part in ((0, 1), (1, 3), (3, 4)):
         sl = slice(*part)
         naive, _ = ftrain.forward_backward(naive, (tokens[sl], mask[sl]), loss_scale=1 / 3)
@@ -108,38 +73,25 @@ def test_token_mean_losses_accumulate_by_their_token_counts():
         _close(_params(ftrain.apply_gradients(naive)), _params(whole), atol=1e-4)
 
 
-def _sum_state(seed=0):
-    torch.manual_seed(seed)
-    model = nn.Linear(5, 1)
-
-    def summed(m, b):
-        x, y = b
-        return Loss(((m(x) - y) ** 2).sum(), count=len(x), reduction="sum")
-
-    return ftrain.TrainState.create(
-        model=model, optimizer=lambda p: torch.optim.SGD(p, lr=0.01), loss_fn=summed
-    )
-
-
 def test_sum_losses_accumulate_as_sums_and_log_per_sample():
-    x, y = _data()
-    whole, metrics = ftrain.train_step(_sum_state(), (x, y))
+    x, y = regression_data()
+    whole, metrics = ftrain.train_step(sum_state(), (x, y))
     with torch.no_grad():
-        per_sample = ((_sum_state().model(x) - y) ** 2).mean()
+        per_sample = ((sum_state().model(x) - y) ** 2).mean()
     torch.testing.assert_close(metrics["loss"], per_sample)
-    state = _sum_state()
+    state = sum_state()
     state, _ = ftrain.forward_backward(state, (x[:6], y[:6]))
     state, _ = ftrain.forward_backward(state, (x[6:], y[6:]))
     _close(_params(ftrain.apply_gradients(state)), _params(whole))
     # epoch means are per sample, weighted by the counts
-    logs = ftrain.eval_epoch(_sum_state(), [(x[:6], y[:6]), (x[6:], y[6:])])
+    logs = ftrain.eval_epoch(sum_state(), [(x[:6], y[:6]), (x[6:], y[6:])])
     assert logs["loss"] == pytest.approx(float(per_sample), rel=1e-6)
-    _, train_logs = ftrain.train_epoch(_sum_state(), [(x, y)])
+    _, train_logs = ftrain.train_epoch(sum_state(), [(x, y)])
     assert train_logs["train_loss"] == pytest.approx(float(per_sample), rel=1e-6)
 
 
 def test_mean_and_sum_losses_in_one_group_are_refused():
-    x, y = _data()
+    x, y = regression_data()
     calls = []
 
     def flip(m, b):
@@ -147,7 +99,7 @@ def test_mean_and_sum_losses_in_one_group_are_refused():
         loss = nn.functional.mse_loss(m(b[0]), b[1])
         return Loss(loss * len(b[0]), count=len(b[0]), reduction="sum") if len(calls) > 1 else loss
 
-    state = _regression_state().replace(loss_fn=flip)
+    state = regression_state().replace(loss_fn=flip)
     state, _ = ftrain.forward_backward(state, (x[:3], y[:3]))
     with pytest.raises(ValueError, match="cannot be accumulated together"):
         ftrain.forward_backward(state, (x[3:], y[3:]))
@@ -159,12 +111,12 @@ def test_a_metric_named_loss_is_refused_in_the_epoch_functions(where):
         loss = nn.functional.mse_loss(m(b[0]), b[1])
         return loss, {"loss": loss.detach() * 0}
 
-    state = _regression_state().replace(loss_fn=sneaky)
+    state = regression_state().replace(loss_fn=sneaky)
     with pytest.raises(ValueError, match="reserved"):
         if where == "train":
-            ftrain.train_epoch(state, [_data()])
+            ftrain.train_epoch(state, [regression_data()])
         else:
-            ftrain.eval_epoch(state, [_data()])
+            ftrain.eval_epoch(state, [regression_data()])
 
 
 def test_epoch_means_weight_batches_by_the_count_the_loss_reports():
@@ -172,7 +124,7 @@ def test_epoch_means_weight_batches_by_the_count_the_loss_reports():
         loss = nn.functional.mse_loss(m(b[0]), b[1])
         return Loss(loss, metrics={"mark": torch.tensor(float(len(b[0])))}, count=10 * len(b[0]))
 
-    state = _regression_state().replace(loss_fn=counted)
-    x, y = _data()
+    state = regression_state().replace(loss_fn=counted)
+    x, y = regression_data()
     logs = ftrain.eval_epoch(state, [(x[:6], y[:6]), (x[6:], y[6:])])
     assert logs["mark"] == pytest.approx((6 * 60 + 1 * 10) / 70)

@@ -150,6 +150,7 @@ def load(state: TrainState, path: str | os.PathLike[str]) -> TrainState:
         epoch=meta["epoch"],
         epoch_batch=meta["epoch_batch"],
         micro_step=meta["micro_step"],
+        skipped_steps=meta.get("skipped_steps", 0),
         seed=meta["seed"],
         epoch_totals={k: (float(s), float(n)) for k, (s, n) in meta["epoch_totals"].items()},
         callback_state=callback_state,
@@ -163,7 +164,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     For inspection: nothing is loaded into a model. The result is a dict of plain data, with
     tensors on the CPU:
 
-    - ``"meta"``: ``step``, ``epoch``, ``epoch_batch``, ``micro_step``, ``seed``,
+    - ``"meta"``: ``step``, ``epoch``, ``epoch_batch``, ``micro_step``, ``skipped_steps``, ``seed``,
       ``epoch_totals`` and the ``torch_version`` that wrote it;
     - ``"model"`` and ``"optimizer"``: the full state dicts (parameter names without any
       wrapper's prefix); absent for a directory of shards, which has ``"sharded"`` instead (the

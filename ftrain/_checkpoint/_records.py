@@ -38,6 +38,7 @@ def state_record(state: TrainState) -> dict[str, Any]:
             "epoch": state.epoch,
             "epoch_batch": state.epoch_batch,
             "micro_step": state.micro_step,
+            "skipped_steps": state.skipped_steps,
             "seed": state.seed,
             "epoch_totals": {k: [s, n] for k, (s, n) in state.epoch_totals.items()},
             "torch_version": str(torch.__version__),

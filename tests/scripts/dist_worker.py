@@ -86,6 +86,104 @@ def sync_outside_the_wrapper(out):
     torch.save({"before": before, "after": after}, f"{out}.rank{state.rank}.pt")
 
 
+def regression_state(seed=0):
+    """A small regression MLP with plain SGD, for exact gradient comparisons."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1))
+    return ftrain.TrainState.create(
+        model=model,
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.5),
+        loss_fn=lambda m, b: nn.functional.mse_loss(m(b[0]), b[1]),
+    )
+
+
+def regression_data(n=7, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 5, generator=g), torch.randn(n, 1, generator=g)
+
+
+def token_state(seed=0):
+    """A bigram model whose loss is the mean over the valid tokens, reported as the count."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Embedding(11, 6), nn.Linear(6, 11))
+
+    def token_mean(m, batch):
+        tokens, mask = batch
+        logits = m(tokens[:, :-1])
+        nll = nn.functional.cross_entropy(
+            logits.reshape(-1, 11), tokens[:, 1:].reshape(-1), reduction="none"
+        )
+        valid = mask[:, 1:].reshape(-1).float()
+        n = valid.sum()
+        return ftrain.Loss((nll * valid).sum() / n, count=n)
+
+    return ftrain.TrainState.create(
+        model=model, optimizer=lambda p: torch.optim.SGD(p, lr=1.0), loss_fn=token_mean
+    )
+
+
+def token_data():
+    """4 sequences with very different numbers of valid tokens."""
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randint(0, 11, (4, 9), generator=g)
+    lengths = torch.tensor([9, 2, 3, 8])
+    return tokens, torch.arange(9)[None, :] < lengths[:, None]
+
+
+def sum_state(seed=0):
+    """A linear model whose loss is a sum over the batch (reduction='sum')."""
+    torch.manual_seed(seed)
+
+    def summed(m, b):
+        x, y = b
+        return ftrain.Loss(((m(x) - y) ** 2).sum(), count=len(x), reduction="sum")
+
+    return ftrain.TrainState.create(
+        model=nn.Linear(5, 1), optimizer=lambda p: torch.optim.SGD(p, lr=0.01), loss_fn=summed
+    )
+
+
+def weigh_unevenly(out):
+    """One SGD step on a batch cut unevenly across 2 ranks (and into micro-batches); every rank
+    runs as many micro-batches as the other (DDP syncs in each backward)."""
+    results = {}
+    x, y = regression_data()
+    tokens, mask = token_data()  # 8, 1, 2 and 7 valid targets per sequence
+    for case, make, pieces in (
+        ("accumulated", regression_state, [[(0, 3), (3, 4)], [(4, 6), (6, 7)]]),
+        ("uneven", regression_state, [[(0, 4)], [(4, 7)]]),
+        ("sum", sum_state, [[(0, 4), (4, 5)], [(5, 6), (6, 7)]]),
+        ("tokens", token_state, [[(0, 1), (1, 2)], [(2, 3), (3, 4)]]),
+        ("tokens-uneven", token_state, [[(0, 3)], [(3, 4)]]),
+    ):
+        state = ftrain.place(make(), ftrain.DDP(timeout_s=30.0))
+        data = (tokens, mask) if case.startswith("tokens") else (x, y)
+        for a, b in pieces[state.rank]:
+            state, _ = ftrain.forward_backward(state, tuple(t[a:b] for t in data))
+        state = ftrain.apply_gradients(state)
+        results[case] = [p.detach().clone() for p in state.model.parameters()]
+    if state.rank == 0:
+        torch.save(results, out + ".pt")
+
+
+def predict_in_order(out, strategy):
+    """`predict` under 2 processes: shuffled loader, and a user's padding DistributedSampler."""
+    state = ftrain.place(make_state(), strategy(timeout_s=30.0))
+    g = torch.Generator().manual_seed(7)
+    ds = TensorDataset(torch.randn(21, 10, generator=g), torch.arange(21))
+    shuffled = DataLoader(ds, batch_size=4, shuffle=True)
+    sampler = torch.utils.data.DistributedSampler(ds, shuffle=True, seed=3)  # pads 21 to 22
+    padded = DataLoader(ds, batch_size=4, sampler=sampler)
+    results = {
+        "concat": ftrain.predict(state, shuffled),
+        "per_batch": ftrain.predict(state, shuffled, concat=False),
+        "labels": ftrain.predict(state, padded, forward=lambda m, b: b[1]),
+        "padded": ftrain.predict(state, padded),
+    }
+    if state.rank == 0:
+        torch.save(results, out + ".pt")
+
+
 def full_state_dict(state):
     out = {}
     for k, v in state.model.state_dict().items():
@@ -100,6 +198,10 @@ def main():
         return evaluate_unevenly(out)
     if mode == "sync-grads":
         return sync_outside_the_wrapper(out)
+    if mode == "weighting":
+        return weigh_unevenly(out)
+    if mode.startswith("predict"):
+        return predict_in_order(out, ftrain.FSDP if "fsdp" in mode else ftrain.DDP)
     # The elastic run restarts the group: a short timeout makes a failed re-initialisation fail
     # fast (and be retried by torchrun) instead of waiting out the default.
     timeout_s = 30.0 if mode == "elastic" else 600.0
