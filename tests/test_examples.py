@@ -120,3 +120,28 @@ def test_distributed_example_gives_the_same_result_on_one_and_two_processes(tmp_
     assert "ddp on 2 process(es): 128 steps" in proc.stdout and acc(proc.stdout) == acc(single)
     assert proc.stdout.count("val_acc") == 1  # only rank 0 prints
     assert list(tmp_path.glob("step-*.ckpt"))
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_vae_example_logs_per_digit_and_saves_sampled_digits(tmp_path, precision):
+    out = _run(
+        "vae.py",
+        "--epochs",
+        "2",
+        "--limit-batches",
+        "5",
+        "--device",
+        "cpu",
+        "--precision",
+        precision,
+        "--out",
+        str(tmp_path),
+    )
+    match = re.search(r"vae: 2 epochs, 10 steps, val_loss (\d+\.\d+) nats per digit", out)
+    assert match, out
+    # per digit: 64 pixels of binary cross-entropy, at most ~64 * ln 2 = 44 nats at chance,
+    # far below the batch sums (thousands) a summed loss would log
+    assert 10 < float(match.group(1)) < 60
+    for epoch in (1, 2):
+        assert (tmp_path / f"samples-epoch{epoch}.png").read_bytes()[:4] == b"\x89PNG"
