@@ -171,7 +171,7 @@ def inference(state: TrainState) -> Iterator[Inference]:
         >>> import torch, ftrain
         >>> state = ftrain.testing.toy_state()
         >>> with ftrain.inference(state) as run:
-        ...     x = torch.randn(5, 4, generator=run.generator)
+        ...     x = torch.randn(5, 2, generator=run.generator)
         ...     y = run(x)
         >>> y.shape, y.requires_grad, state.model.training
         (torch.Size([5, 3]), False, True)
