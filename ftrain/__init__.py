@@ -40,6 +40,7 @@ from ._events import Interrupted as Interrupted
 from ._events import IntervalEnd as IntervalEnd
 from ._events import StepEnd as StepEnd
 from ._fit import fit as fit
+from ._fork import fork as fork
 from ._loss import supervised as supervised
 from ._outputs import Loss as Loss
 from ._outputs import StepContext as StepContext
@@ -48,7 +49,6 @@ from ._place import place as place
 from ._plot import plot_history as plot_history
 from ._prefetch import DevicePrefetcher as DevicePrefetcher
 from ._state import TrainState as TrainState
-from ._state import fork as fork
 from ._step import apply_gradients as apply_gradients
 from ._step import end_step as end_step
 from ._step import eval_step as eval_step

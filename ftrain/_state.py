@@ -1,13 +1,13 @@
 """`TrainState`: the frozen record that holds everything a training run needs to go on.
 
 Over 300 lines because the record, its checked constructor and the rules for copying it (the
-validated `replace`, the hot path's unvalidated `advance`/`set_progress`, and `fork`) belong
-together: the lineage invariant they share is only readable in one place.
+validated `replace` and the phase views, the hot path's unvalidated `advance`/`set_progress`)
+belong together: the lineage invariant they share is only readable in one place. `fork` is in
+``_fork.py``, the building of phases in ``_build.py``.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -17,27 +17,20 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from ._errors import PlacementError, StaleStateError, check_choice, check_int, check_type, describe
-from ._phases import (
-    Phase,
-    as_module,
-    build_phase,
-    build_scheduler,
-    check_phases,
-    frozen_parts,
-    takes_context,
-)
-from ._state_checks import check_optimizer_params, model_device
+from ._build import as_module, check_extras, check_state_phases, make_phases, phases_tuple
+from ._errors import StaleStateError, check_int, check_type, describe
+from ._phases import Phase
+from ._state_checks import model_device
 from ._typing import LossFn, Strategy
 from .strategies._unplaced import Unplaced
 
-__all__ = ["TrainState", "advance", "check_live", "fork", "set_progress"]
+__all__ = ["Lineage", "TrainState", "advance", "check_live", "set_progress"]
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 SchedulerFactory = Callable[[Optimizer], LRScheduler]
 
 
-class _Lineage:
+class Lineage:
     """The version counter shared by every record that holds the same live weights.
 
     Records made by `replace` share it with their source and stay live together; a function that
@@ -53,75 +46,6 @@ class _Lineage:
 
 
 _PHASE_VIEWS = ("optimizer", "loss_fn", "scheduler", "scheduler_interval")
-
-
-def _as_tuple(value: Iterable[Phase]) -> tuple[Phase, ...]:
-    return tuple(value)
-
-
-def _check_phases(instance: Any, attribute: Any, value: tuple[Any, ...]) -> None:
-    if not value or not all(isinstance(p, Phase) for p in value):
-        msg = f"`phases` must be a non-empty tuple of ftrain.Phase (got {describe(value)})."
-        raise TypeError(msg)
-    for p in value:
-        if not isinstance(p.optimizer, Optimizer):
-            msg = (
-                f"Phase {p.name!r} in a state must hold a built optimizer (got "
-                f"{describe(p.optimizer)}): build states with TrainState.create."
-            )
-            raise TypeError(msg)
-
-
-def _check_extras(instance: Any, attribute: Any, value: Mapping[str, Any]) -> None:
-    bad = [k for k in value if not isinstance(k, str)]
-    if bad:
-        msg = f"`extras` must be keyed by names (str), got the key {describe(bad[0])}."
-        raise TypeError(msg)
-
-
-def _single_phase(
-    model: nn.Module,
-    optimizer: Any,
-    loss_fn: Any,
-    scheduler: Any,
-    scheduler_interval: Any,
-) -> Phase:
-    """The one unnamed phase of a single-optimizer state, over the whole model."""
-    if optimizer is None or loss_fn is None:
-        missing = " and ".join(
-            n for n, v in (("optimizer", optimizer), ("loss_fn", loss_fn)) if v is None
-        )
-        msg = (
-            f"`TrainState.create` needs `{missing}` (or `phases=[ftrain.Phase(...), ...]` for "
-            "several optimizers)."
-        )
-        raise TypeError(msg)
-    if not isinstance(optimizer, Optimizer):
-        if not callable(optimizer):
-            msg = (
-                "`optimizer` must be a torch.optim.Optimizer or a factory params -> Optimizer "
-                f"(got {describe(optimizer)}). Example: "
-                "optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3)."
-            )
-            raise TypeError(msg)
-        optimizer = optimizer(model.parameters())
-        if not isinstance(optimizer, Optimizer):
-            msg = (
-                "`optimizer` factory must return a torch.optim.Optimizer "
-                f"(got {describe(optimizer)})."
-            )
-            raise TypeError(msg)
-    check_optimizer_params(model, optimizer)
-    takes_context(loss_fn)  # the signature errors name `loss_fn`, before anything else
-    check_choice("scheduler_interval", scheduler_interval, ("step", "epoch"))
-    return Phase(
-        "",
-        optimizes=(),
-        optimizer=optimizer,
-        loss_fn=loss_fn,
-        scheduler=build_scheduler(scheduler, optimizer, ""),
-        scheduler_interval=scheduler_interval,
-    )
 
 
 @attrs.frozen(kw_only=True, eq=False, repr=False, slots=False)
@@ -156,7 +80,7 @@ class TrainState:
     model: nn.Module = attrs.field(validator=attrs.validators.instance_of(nn.Module))
     """The user's module, never wrapped: checkpoint keys carry no ``module.`` prefix. A dict of
     parts given to `create` is an `nn.ModuleDict`."""
-    phases: tuple[Phase, ...] = attrs.field(converter=_as_tuple, validator=_check_phases)
+    phases: tuple[Phase, ...] = attrs.field(converter=phases_tuple, validator=check_state_phases)
     """The optimizers' parts of a step, in order, each with its built optimizer and scheduler.
     A single-optimizer state has one unnamed phase (``name=""``) over the whole model."""
     step: int = attrs.field(
@@ -191,7 +115,7 @@ class TrainState:
     """The dtype floating-point batch tensors are cast to (``*-true`` precision), or None."""
     callback_state: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
     """Memory of callbacks (EarlyStopping's best value, ...), keyed by callback name."""
-    extras: Mapping[str, Any] = attrs.field(factory=dict, converter=dict, validator=_check_extras)
+    extras: Mapping[str, Any] = attrs.field(factory=dict, converter=dict, validator=check_extras)
     """Named run state of your own (generators, tensors, counters, registered records): given
     to the loss function as ``ctx.extras`` and checkpointed as the same types."""
     carry: Any = attrs.field(default=None)
@@ -207,7 +131,7 @@ class TrainState:
     interval (so a mid-epoch checkpoint resumes the epoch's averages)."""
     should_stop: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     """Set by a callback to ask `fit` to stop after the current event."""
-    _lineage: _Lineage = attrs.field(factory=_Lineage, alias="_lineage")
+    _lineage: Lineage = attrs.field(factory=Lineage, alias="_lineage")
     _version: int = attrs.field(default=0, alias="_version")
 
     @classmethod
@@ -271,28 +195,7 @@ class TrainState:
                 f"(got {describe(carry_init)})."
             )
             raise TypeError(msg)
-        if phases is not None:
-            given = [
-                n
-                for n, v in (
-                    ("optimizer", optimizer),
-                    ("loss_fn", loss_fn),
-                    ("scheduler", scheduler),
-                )
-                if v is not None
-            ]
-            if given:
-                msg = (
-                    f"`phases` and `{'`, `'.join(given)}` were both given: with phases, each "
-                    "Phase names its own optimizer, loss_fn and scheduler."
-                )
-                raise ValueError(msg)
-            check_phases(model, phases)
-            built = tuple(build_phase(model, p) for p in phases)
-            for name in frozen_parts(model, built):
-                model.get_submodule(name).requires_grad_(False)
-        else:
-            built = (_single_phase(model, optimizer, loss_fn, scheduler, scheduler_interval),)
+        built = make_phases(model, phases, optimizer, loss_fn, scheduler, scheduler_interval)
         return cls(
             model=model,
             phases=built,
@@ -478,61 +381,3 @@ def check_live(state: object, where: str) -> None:
         raise TypeError(msg)
     if state._version != state._lineage.version:
         _raise_stale(state, where)
-
-
-def fork(state: TrainState) -> TrainState:
-    """Return an independent deep copy of ``state``: model, optimizers, schedulers, scaler, memory,
-    extras and carry.
-
-    The copy and the original can be trained separately; neither consumes the other. Use it to
-    keep a snapshot before a step (``before = fork(state)``) or to branch an experiment.
-
-    Args:
-        state: a live state.
-
-    Returns:
-        A new live state with its own weights and optimizer buffers; ``state`` is not consumed.
-
-    Example:
-        >>> import torch, ftrain
-        >>> state = ftrain.testing.toy_state()
-        >>> snapshot = ftrain.fork(state)
-        >>> state, _ = ftrain.train_step(state, ftrain.testing.toy_batch())
-        >>> snapshot.is_live, snapshot.step, state.step
-        (True, 0, 1)
-    """
-    check_live(state, "fork")
-    if state.world_size > 1:
-        msg = (
-            "`fork` of a distributed state is not supported: its model is wrapped or sharded "
-            f"by {state.strategy!r}. Fork before `place`, or save a checkpoint instead."
-        )
-        raise PlacementError(msg)
-    memo: dict[int, Any] = {}
-    model, phases, scaler, cb_state, extras, carry = copy.deepcopy(
-        (
-            state.model,
-            state.phases,
-            state.scaler,
-            dict(state.callback_state),
-            dict(state.extras),
-            state.carry,
-        ),
-        memo,
-    )
-    wrapped = None if state.wrapped is None else state.strategy.rewrap(model)
-    if wrapped is None and state.wrapped is not None:
-        msg = f"`fork` cannot re-create the wrapper of a state placed with {state.strategy!r}."
-        raise PlacementError(msg)
-    return attrs.evolve(
-        state,
-        model=model,
-        phases=phases,
-        scaler=scaler,
-        callback_state=cb_state,
-        extras=extras,
-        carry=carry,
-        wrapped=wrapped,
-        _lineage=_Lineage(),
-        _version=0,
-    )

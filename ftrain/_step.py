@@ -16,16 +16,24 @@ evaluation forward share the private loss call, backward and update, which only 
 from __future__ import annotations
 
 import contextlib
-import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-from ._batch import cast_floating, move
 from ._outputs import UNSET, StepContext, read_output
-from ._phases import Phase
+from ._passes import (
+    apply_update,
+    autocast,
+    initial_carry,
+    prefixed,
+    prepare,
+    run_phase,
+    update_phase,
+    update_scaler,
+)
+from ._phases import Phase, is_due
 from ._rng import mix, seed_step
 from ._state import TrainState, advance, check_live
 
@@ -38,20 +46,9 @@ __all__ = [
     "eval_step",
     "forward_backward",
     "train_step",
-    "update_scaler",
 ]
 
 Metrics = dict[str, torch.Tensor]
-_NO_HANDOFF: Mapping[str, Any] = {}
-
-try:  # the engine call behind `Tensor.backward`, without its per-call argument handling
-    from torch.autograd.graph import _engine_run_backward as _run_backward
-except ImportError:  # pragma: no cover - older torch
-
-    def _run_backward(  # type: ignore[misc]
-        tensors: Any, grads: Any, retain: bool, create: bool, inputs: Any, **kwargs: Any
-    ) -> Any:
-        return torch.autograd.backward(tensors, grads, inputs=inputs)
 
 
 def forward_backward(
@@ -94,12 +91,12 @@ def forward_backward(
     """
     check_live(state, "forward_backward")
     index, p = _phase(state, phase, "forward_backward")
-    batch = _prepare(state, batch)
-    metrics, carry, handoff = _forward_backward(state, p, index, batch, loss_scale, state.handoff)
+    batch = prepare(state, batch)
+    metrics, carry, handoff = run_phase(state, p, index, batch, loss_scale, state.handoff)
     if phase is None:
         changes: dict[str, Any] = {"micro_step": state.micro_step + 1}
     else:
-        metrics = _prefixed(metrics, p.name)
+        metrics = prefixed(metrics, p.name)
         changes = {"handoff": {**state.handoff, **handoff}} if handoff else {}
     if carry is not UNSET:
         changes["carry"] = carry
@@ -137,7 +134,7 @@ def apply_gradients(state: TrainState, *, phase: str | None = None) -> TrainStat
     check_live(state, "apply_gradients")
     _, p = _phase(state, phase, "apply_gradients")
     if phase is not None:
-        _update(state, p)
+        update_phase(state, p)
         return advance(state, "apply_gradients")
     if state.micro_step == 0:
         msg = (
@@ -145,7 +142,7 @@ def apply_gradients(state: TrainState, *, phase: str | None = None) -> TrainStat
             "`forward_backward(state, batch)` before `apply_gradients(state)`."
         )
         raise ValueError(msg)
-    _apply(state, p)
+    apply_update(state, p)
     return advance(state, "apply_gradients", step=state.step + 1, micro_step=0)
 
 
@@ -198,11 +195,11 @@ def train_step(state: TrainState, batch: Any) -> tuple[TrainState, Metrics]:
     """
     check_live(state, "train_step")
     phases = state.phases
-    if len(phases) != 1:
-        return _train_phases(state, batch)
     p = phases[0]
-    metrics, carry, _ = _forward_backward(state, p, 0, _prepare(state, batch))
-    skipped = _apply(state, p)
+    if p.name or len(phases) != 1:
+        return _train_phases(state, batch)
+    metrics, carry, _ = run_phase(state, p, 0, prepare(state, batch))
+    skipped = apply_update(state, p)
     if skipped is not None:
         metrics["skipped"] = skipped
     if carry is UNSET:
@@ -211,7 +208,7 @@ def train_step(state: TrainState, batch: Any) -> tuple[TrainState, Metrics]:
 
 
 def _train_phases(state: TrainState, batch: Any) -> tuple[TrainState, Metrics]:
-    batch = _prepare(state, batch)
+    batch = prepare(state, batch)
     metrics: Metrics = {}
     handoff: dict[str, Any] = {}
     carry = UNSET
@@ -220,31 +217,15 @@ def _train_phases(state: TrainState, batch: Any) -> tuple[TrainState, Metrics]:
             continue
         if carry is not UNSET:  # a phase sees the carry the earlier ones returned
             state = advance(state, "train_step", carry=carry)
-        out, carry, given = _forward_backward(state, p, index, batch, 1.0, handoff)
+        out, carry, given = run_phase(state, p, index, batch, 1.0, handoff)
         handoff.update(given)
-        _update(state, p)
-        metrics.update(_prefixed(out, p.name))
+        update_phase(state, p)
+        metrics.update(prefixed(out, p.name))
     changes: dict[str, Any] = {"step": state.step + 1, "micro_step": 0}
     if carry is not UNSET:
         changes["carry"] = carry
     metrics.update(update_scaler(state))
     return advance(state, "train_step", **changes), metrics
-
-
-def update_scaler(state: TrainState) -> Metrics:
-    """Update the GradScaler once after a step's phases; report whether it skipped (device)."""
-    scaler = state.scaler
-    if scaler is None or scaler._scale is None:
-        return {}
-    before = scaler._scale.clone()
-    scaler.update()
-    return {"skipped": (scaler._scale < before).float()}
-
-
-def is_due(phase: Phase, step: int) -> bool:
-    """Whether ``phase`` runs at ``step``: every step, or where ``step % every == every - 1``."""
-    every = phase.every
-    return every == 1 or step % every == every - 1
 
 
 def eval_step(state: TrainState, batch: Any) -> Metrics:
@@ -276,19 +257,19 @@ def eval_metrics(state: TrainState, batch: Any) -> Metrics:
 
 def eval_outputs(state: TrainState, batch: Any, carry: Any) -> tuple[Metrics, Any]:
     """One evaluation forward with its own ``carry`` (`UNSET`: make one); returns the next carry."""
-    batch = _prepare(state, batch)
+    batch = prepare(state, batch)
     seed_step(mix(state.seed, 0x5EED), state.step, 0, state.device.type == "cuda", 0, state.stream)
     # The strategy names the module: under DDP the unwrapped model, whose forward syncs nothing
     # (the wrapper's would broadcast rank 0's buffers over the other ranks' ones).
     module = state.strategy.eval_module(state)
-    single = len(state.phases) == 1
+    single = not state.phases[0].name
     metrics: Metrics = {}
     handoff: dict[str, Any] = {}
-    with torch.no_grad(), _autocast(state):
+    with torch.no_grad(), autocast(state):
         for p in state.phases:
             if p.takes_context:
                 if carry is UNSET:
-                    carry = _initial_carry(state, module, batch)
+                    carry = initial_carry(state, module, batch)
                 ctx = StepContext(
                     carry=carry,
                     handoff=handoff,
@@ -305,7 +286,7 @@ def eval_outputs(state: TrainState, batch: Any, carry: Any) -> tuple[Metrics, An
                 out = read_output(p.loss_fn(module, batch))
             if single:
                 return out.metrics, carry
-            metrics.update(_prefixed(out.metrics, p.name))
+            metrics.update(prefixed(out.metrics, p.name))
     return metrics, carry
 
 
@@ -324,9 +305,9 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 def _phase(state: TrainState, name: str | None, where: str) -> tuple[int, Phase]:
     phases = state.phases
     if name is None:
-        if len(phases) != 1:
+        if phases[0].name:
             msg = (
-                f"`{where}` on a state with several phases needs `phase=` "
+                f"`{where}` on a state with named phases needs `phase=` "
                 f"(one of {[p.name for p in phases]}), or use `train_step` to run them all."
             )
             raise ValueError(msg)
@@ -336,182 +317,3 @@ def _phase(state: TrainState, name: str | None, where: str) -> tuple[int, Phase]
             return i, p
     msg = f"`phase` passed to `{where}` must be one of {[p.name for p in phases]} (got {name!r})."
     raise ValueError(msg)
-
-
-def _prepare(state: TrainState, batch: Any) -> Any:
-    device = state.device
-    batch = move(batch, device, non_blocking=device.type == "cuda")
-    if state.batch_dtype is not None:
-        batch = cast_floating(batch, state.batch_dtype)
-    return batch
-
-
-def _initial_carry(state: TrainState, module: nn.Module, batch: Any) -> Any:
-    init = state.carry_init
-    return None if init is None else init(module, batch)
-
-
-def _forward_backward(
-    state: TrainState,
-    p: Phase,
-    index: int,
-    batch: Any,
-    loss_scale: float = 1.0,
-    handoff: Mapping[str, Any] = _NO_HANDOFF,
-) -> tuple[Metrics, Any, Mapping[str, Any]]:
-    """Loss and backward of phase ``p`` on a prepared batch: ``(metrics, carry, handoff)``.
-
-    ``carry`` is `UNSET` when the state's carry stays as it is.
-    """
-    seed_step(
-        state.seed,
-        state.step,
-        state.micro_step,
-        state.device.type == "cuda",
-        state.rank,
-        state.stream,
-        index,
-    )
-    module = state.module
-    carry = UNSET
-    if p.takes_context:
-        carry = state.carry
-        made = carry is UNSET
-        if made:
-            carry = _initial_carry(state, module, batch)
-        ctx = StepContext(
-            carry=carry,
-            handoff=handoff,
-            extras=state.extras,
-            step=state.step,
-            phase=p.name or None,
-            training=True,
-        )
-        with _autocast(state):
-            out = read_output(p.loss_fn(module, batch, ctx))
-        if out.carry is not UNSET:
-            carry = detach(out.carry)
-        elif not made:
-            carry = UNSET
-    elif state.autocast_dtype is None:
-        out = read_output(p.loss_fn(module, batch))
-    else:
-        with _autocast(state):
-            out = read_output(p.loss_fn(module, batch))
-    loss = out.loss
-    if not loss.requires_grad:
-        msg = (
-            "`loss_fn` returned a loss that does not require grad: it was detached, computed "
-            "under torch.no_grad(), or no parameter it used requires grad. Return the loss "
-            "tensor itself, not loss.detach() or loss.item()."
-        )
-        raise ValueError(msg)
-    if loss_scale != 1.0:
-        loss = loss * loss_scale
-    if state.scaler is not None:
-        loss = state.scaler.scale(loss)
-    params = tuple([q for g in p.optimizer.param_groups for q in g["params"] if q.requires_grad])
-    if not params:
-        name = f"phase {p.name!r}" if p.name else "the optimizer"
-        msg = f"No parameter of {name} requires grad: there is nothing to backpropagate into."
-        raise ValueError(msg)
-    if state.strategy.backward_inputs:
-        _run_backward(
-            (loss,),
-            (torch.ones_like(loss),),
-            False,
-            False,
-            params,
-            allow_unreachable=True,
-            accumulate_grad=True,
-        )
-    else:
-        _backward_aside(state.model, loss, params)
-    if len(state.phases) != 1:  # each part syncs on its own phase's backward (no wrapper)
-        state.strategy.sync_gradients(params)
-    return out.metrics, carry, out.handoff
-
-
-def _backward_aside(model: nn.Module, loss: torch.Tensor, params: tuple[torch.Tensor, ...]) -> None:
-    """Backward that leaves the gradients of every parameter outside ``params`` as they were.
-
-    For placements whose graph leaves are not the optimizers' parameters (FSDP's gathered
-    copies), so ``inputs=`` cannot name them: other parameters' gradients are set aside, the
-    backward runs, and what it wrote there is replaced by what was set aside.
-    """
-    own = {id(q) for q in params}
-    others = [q for q in model.parameters() if q.requires_grad and id(q) not in own]
-    saved = [q.grad for q in others]
-    for q in others:
-        q.grad = None
-    torch.autograd.backward(loss)
-    for q, g in zip(others, saved, strict=True):
-        q.grad = g
-
-
-def detach(value: Any) -> Any:
-    """``value`` with every tensor in it detached (tuples, lists, dicts and namedtuples kept)."""
-    if isinstance(value, torch.Tensor):
-        return value.detach()
-    kind = type(value)
-    if kind is tuple or kind is list:
-        return kind(detach(v) for v in value)
-    if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return kind(*(detach(v) for v in value))
-    if kind is dict:
-        return {k: detach(v) for k, v in value.items()}
-    return value
-
-
-def _update(state: TrainState, p: Phase) -> None:
-    """One phase's optimizer and scheduler step; the scaler is updated once per step elsewhere."""
-    optimizer = p.optimizer
-    scaler = state.scaler
-    if scaler is None:
-        optimizer.step()
-    else:
-        scaler.step(optimizer)
-    _step_scheduler(p, scaler is not None)
-    optimizer.zero_grad(set_to_none=True)
-
-
-def _apply(state: TrainState, p: Phase) -> torch.Tensor | None:
-    """The optimizer update; under a GradScaler, returns 1.0 when it skipped the step (device)."""
-    optimizer = p.optimizer
-    scaler = state.scaler
-    skipped = None
-    if scaler is None:
-        optimizer.step()
-    else:
-        # GradScaler.step itself syncs once to decide; the scale shrinks exactly when it skipped.
-        before = scaler.get_scale() if scaler._scale is None else scaler._scale.clone()
-        scaler.step(optimizer)
-        scaler.update()
-        skipped = (scaler._scale < before).float()
-    if p.scheduler is not None:
-        _step_scheduler(p, skipped is not None)
-    optimizer.zero_grad(set_to_none=True)
-    return skipped
-
-
-def _step_scheduler(p: Phase, scaled: bool) -> None:
-    if p.scheduler is None or p.scheduler_interval != "step":
-        return
-    if not scaled:
-        p.scheduler.step()
-        return
-    with warnings.catch_warnings():  # the schedule follows step calls, skipped or not
-        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
-        p.scheduler.step()
-
-
-def _prefixed(metrics: Mapping[str, Any], name: str) -> Metrics:
-    if not name:
-        return dict(metrics)
-    return {f"{name}_{k}": v for k, v in metrics.items()}
-
-
-def _autocast(state: TrainState) -> contextlib.AbstractContextManager[Any]:
-    if state.autocast_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(state.device.type, dtype=state.autocast_dtype)

@@ -21,8 +21,10 @@ import attrs
 import torch
 
 from ._errors import check_int, check_number
+from ._passes import update_scaler
+from ._phases import is_due
 from ._state import TrainState, advance, check_live
-from ._step import apply_gradients, forward_backward, is_due, train_step, update_scaler
+from ._step import apply_gradients, forward_backward, train_step
 
 __all__ = ["Step", "as_step", "with_accumulation", "with_grad_clip", "with_skip_nonfinite"]
 
@@ -67,7 +69,7 @@ class Step:
     accumulate: int = 1
 
     def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, Metrics]:
-        if len(state.phases) != 1:
+        if state.phases[0].name:
             return self._run_phases(state, batch)
         if self.accumulate == 1:
             state, metrics = self.forward_backward(state, batch)
@@ -113,7 +115,7 @@ class Step:
             for p in state.model.parameters():
                 if p.grad is not None:
                     p.grad.mul_(factor)
-        if len(state.phases) == 1:
+        if not state.phases[0].name:
             state, _ = self.apply_gradients(state, {})
             return state
         for phase in state.phases:

@@ -20,8 +20,9 @@ from torch import nn
 
 from ._checkpoint import load, save
 from ._fit import fit
+from ._fork import fork
 from ._loss import supervised
-from ._state import TrainState, fork
+from ._state import TrainState
 from ._step import eval_step, forward_backward, train_step
 from ._typing import StepFn
 
