@@ -10,19 +10,22 @@ custom loop does itself.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+import attrs
 import torch
 
 from ._errors import describe
 
 if TYPE_CHECKING:
+    from ._phases import Phase
     from ._state import TrainState
 
 __all__ = [
     "check_scheduler",
     "is_metric_driven",
     "resolve_interval",
+    "settle_scheduler",
     "step_epoch_scheduler",
     "step_scheduler",
 ]
@@ -35,12 +38,22 @@ def is_metric_driven(scheduler: object) -> bool:
     return isinstance(scheduler, _Plateau)
 
 
-def resolve_interval(scheduler: object, interval: str | None) -> str:
+def resolve_interval(scheduler: object, interval: str | None) -> Literal["step", "epoch"]:
     """The interval a scheduler steps at: as given, else ``"epoch"`` for a metric-driven one
     and ``"step"`` for the others."""
     if interval is not None:
-        return interval
+        return "epoch" if interval == "epoch" else "step"
     return "epoch" if is_metric_driven(scheduler) else "step"
+
+
+def settle_scheduler(phase: Phase) -> Phase:
+    """``phase`` (its scheduler built) with its interval resolved, after the checks at create."""
+    interval = resolve_interval(phase.scheduler, phase.scheduler_interval)
+    where = f" of phase {phase.name!r}" if phase.name else ""
+    check_scheduler(phase.scheduler, interval, phase.scheduler_monitor, where)
+    if interval == phase.scheduler_interval:
+        return phase
+    return attrs.evolve(phase, scheduler_interval=interval)
 
 
 def check_scheduler(scheduler: object, interval: str, monitor: str | None, where: str) -> None:
@@ -86,11 +99,12 @@ def step_scheduler(state: TrainState, metrics: Mapping[str, Any]) -> TrainState:
     """Step the state's metric-driven schedulers (``ReduceLROnPlateau``) on the metrics of an epoch.
 
     Each such scheduler steps on the metric named by its ``scheduler_monitor`` (given to
-    `TrainState.create`), in the direction of its own ``mode``: ``ReduceLROnPlateau(o,
-    mode="max")`` with ``scheduler_monitor="val_acc"`` lowers the learning rate when the
-    accuracy stops rising. Without a monitor (``mode="min"`` only) it watches ``val_loss``, or
-    ``train_loss`` when ``metrics`` has no validation. Other schedulers are left alone: they step
-    in `apply_gradients` or at the end of `train_epoch`.
+    `TrainState.create` or `ftrain.Phase`), in the direction of its own ``mode``:
+    ``ReduceLROnPlateau(o, mode="max")`` with ``scheduler_monitor="val_acc"`` lowers the learning
+    rate when the accuracy stops rising. Without a monitor (``mode="min"`` only) it watches
+    ``val_loss``, or ``train_loss`` when ``metrics`` has no validation (a phase's own
+    ``val_<phase>_loss``, ``train_<phase>_loss``). Other schedulers are left alone: they step in
+    `apply_gradients` or at the end of `train_epoch`.
 
     `fit` calls it after each epoch's validation (after each epoch when there is no validation)
     with the epoch's train logs and validation metrics; call it the same way in a loop of your
@@ -133,7 +147,8 @@ def step_scheduler(state: TrainState, metrics: Mapping[str, Any]) -> TrainState:
             continue
         key = monitor
         if key is None:
-            key = "val_loss" if "val_loss" in metrics else "train_loss"
+            own = f"{name}_loss" if name else "loss"
+            key = f"val_{own}" if f"val_{own}" in metrics else f"train_{own}"
         if key not in metrics:
             where = f" of phase {name!r}" if name else ""
             msg = (
@@ -157,5 +172,6 @@ def step_scheduler(state: TrainState, metrics: Mapping[str, Any]) -> TrainState:
 
 def _schedulers(state: TrainState) -> Iterator[tuple[str, Any, str, str | None]]:
     """``(phase name, scheduler, interval, monitor)`` for each scheduler the state holds."""
-    if state.scheduler is not None:
-        yield "", state.scheduler, state.scheduler_interval, state.scheduler_monitor
+    for p in state.phases:
+        if p.scheduler is not None:
+            yield p.name, p.scheduler, p.scheduler_interval or "step", p.scheduler_monitor

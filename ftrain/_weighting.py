@@ -16,14 +16,13 @@ micro-batches (gradient accumulation), across processes (DDP, FSDP), or both, wi
 
 Because the gradients are a proper mean after every micro-batch, clipping, skipping and the
 optimizer see the right values whenever they look; `apply_gradients` divides nothing. The running
-count ``D`` lives in ``state.grad_count`` (a device tensor once a count is one or the processes
-agreed on it: no host sync). On one process, the first micro-batch of a mean loss is used as it
-is: the plain `train_step` pays nothing for any of this.
+count ``D`` lives in ``state.grad_count[phase]`` (a device tensor once a count is one or the
+processes agreed on it: no host sync). On one process, the first micro-batch is used as it is:
+the plain `train_step` pays one function call for all of this.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -32,50 +31,47 @@ from ._batch import batch_size
 
 if TYPE_CHECKING:
     from ._outputs import Output
+    from ._phases import Phase
     from ._state import TrainState
 
 __all__ = ["rescale_gradients", "weigh"]
 
-_NONE: Mapping[str, Any] = {}
-
 
 def weigh(
     state: TrainState,
+    phase: Phase,
     output: Output,
     batch: Any,
     loss_scale: float = 1.0,
-    *,
-    record: bool = True,
-) -> tuple[torch.Tensor, Mapping[str, Any]]:
-    """The tensor to backpropagate for one micro-batch, and the state fields that change.
+    counts: dict[str, Any] | None = None,
+) -> torch.Tensor:
+    """The tensor to backpropagate for one micro-batch of ``phase``.
 
     Call it after the forward and before the backward. It rescales the gradients accumulated so
     far (``state.micro_step > 0``) so that, after the backward, they hold the mean gradient of
-    every sample since the last optimizer step.
+    every sample since the last update.
 
     Args:
         state: the state before this micro-batch.
+        phase: the phase whose optimizer's gradients accumulate.
         output: what the loss function returned, read by `read_output`.
         batch: the micro-batch (its leading dimension is the count when the loss reports none).
         loss_scale: an extra factor on this micro-batch's gradient.
-        record: keep the running count in the returned changes (False for `train_step`, which
-            applies the update right after).
-
-    Returns:
-        ``(loss to backpropagate, changes)``; ``changes`` holds ``grad_count`` when it changed.
+        counts: where to record the new ``grad_count`` (a dict of state changes), for callers
+            that accumulate; None when the update follows at once (`train_step`).
     """
     world = state.world_size
     if state.micro_step == 0 and world == 1:
         # One process, a fresh group: the loss is the gradient as it stands (mean or sum).
         loss = output.loss if loss_scale == 1.0 else output.loss * loss_scale
-        if not record or output.reduction == "sum":
-            return loss, _NONE
-        return loss, {"grad_count": _count(output, batch)}
-    pending = state.grad_count if state.micro_step else None
+        if counts is not None and output.reduction == "mean":
+            counts["grad_count"] = {**state.grad_count, phase.name: _count(output, batch)}
+        return loss
+    pending = state.grad_count.get(phase.name) if state.micro_step else None
     if output.reduction == "sum":
         if pending is not None:
             _mixed("sum", "mean")
-        return output.loss * (loss_scale * world), _NONE
+        return output.loss * (loss_scale * world)
     if state.micro_step and pending is None:
         _mixed("mean", "sum")
     n = _count(output, batch)
@@ -90,19 +86,19 @@ def weigh(
         factor: Any = n * world / total if world > 1 else 1.0
     else:
         so_far = pending + total
-        rescale_gradients(state, pending / so_far)
+        rescale_gradients(phase.optimizer, pending / so_far)
         factor = n * world / so_far
     factor = factor * loss_scale
+    if counts is not None:
+        counts["grad_count"] = {**state.grad_count, phase.name: so_far}
     if isinstance(factor, torch.Tensor):
-        loss = output.loss * factor.to(output.loss.dtype)
-    else:
-        loss = output.loss if factor == 1.0 else output.loss * factor
-    return loss, ({"grad_count": so_far} if record else _NONE)
+        return output.loss * factor.to(output.loss.dtype)
+    return output.loss if factor == 1.0 else output.loss * factor
 
 
-def rescale_gradients(state: TrainState, factor: Any) -> None:
-    """Multiply the gradients of the state's optimizer's parameters by ``factor`` in place."""
-    groups = state.optimizer.param_groups
+def rescale_gradients(optimizer: torch.optim.Optimizer, factor: Any) -> None:
+    """Multiply the gradients of ``optimizer``'s parameters by ``factor`` in place."""
+    groups = optimizer.param_groups
     grads = [p.grad for group in groups for p in group["params"] if p.grad is not None]
     if not grads:
         return

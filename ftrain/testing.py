@@ -20,8 +20,9 @@ from torch import nn
 
 from ._checkpoint import load, save
 from ._fit import fit
+from ._fork import fork
 from ._loss import supervised
-from ._state import TrainState, fork
+from ._state import TrainState
 from ._step import eval_step, forward_backward, train_step
 from ._typing import StepFn
 
@@ -195,25 +196,45 @@ _TIMING = ("epoch_time", "samples_per_sec")
 
 
 def assert_states_equal(a: TrainState, b: TrainState) -> None:
-    """Assert two states hold bit-identical weights, buffers, optimizer state and counters."""
-    for field in ("step", "epoch", "epoch_batch", "micro_step", "skipped_steps", "seed"):
+    """Assert two states hold bit-identical weights, buffers, optimizer state, counters, extras."""
+    for field in ("step", "epoch", "epoch_batch", "micro_step", "skipped_steps", "seed", "stream"):
         if getattr(a, field) != getattr(b, field):
             msg = f"`{field}` differs: {getattr(a, field)} vs {getattr(b, field)}."
             raise AssertionError(msg)
     sa, sb = a.model.state_dict(), b.model.state_dict()
     diff = [k for k in sa if not torch.equal(sa[k], sb[k])]
-    oa, ob = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
+    for pa, pb in zip(a.phases, b.phases, strict=True):
+        where = f"optimizers[{pa.name!r}]" if pa.name else "optimizer"
+        oa, ob = pa.optimizer.state_dict()["state"], pb.optimizer.state_dict()["state"]
+        diff += [
+            f"{where}[{i}].{k}"
+            for i in oa
+            for k, v in oa[i].items()
+            if isinstance(v, torch.Tensor) and not torch.equal(v, ob[i][k])
+        ]
+        if pa.scheduler is not None and pa.scheduler.state_dict() != pb.scheduler.state_dict():
+            diff.append(f"schedulers[{pa.name!r}]" if pa.name else "scheduler")
     diff += [
-        f"optimizer[{i}].{k}"
-        for i in oa
-        for k, v in oa[i].items()
-        if isinstance(v, torch.Tensor) and not torch.equal(v, ob[i][k])
+        f"extras[{k!r}]"
+        for k in set(a.extras) | set(b.extras)
+        if not _same(a.extras.get(k), b.extras.get(k))
     ]
-    if a.scheduler is not None and a.scheduler.state_dict() != b.scheduler.state_dict():
-        diff.append("scheduler")
     if diff:
         msg = f"states differ in: {', '.join(diff[:10])}."
         raise AssertionError(msg)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Run state compared exactly: generators by their state, tensors bit for bit."""
+    if isinstance(a, torch.Generator) and isinstance(b, torch.Generator):
+        return torch.equal(a.get_state(), b.get_state())
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and torch.equal(a, b)
+    if type(a) in (list, tuple) and type(a) is type(b) and len(a) == len(b):
+        return all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if type(a) is dict and type(b) is dict and a.keys() == b.keys():
+        return all(_same(a[k], b[k]) for k in a)
+    return bool(a == b)
 
 
 def assert_resume_equivalent(

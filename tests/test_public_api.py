@@ -6,14 +6,14 @@ TOP_LEVEL = [
     "Callback", "CallbackSignatureError", "CallbackWithMemory", "CheckpointError", "DDP",
     "DevicePrefetcher", "EpochAwareStep", "EpochEnd", "EpochSampler", "EpochStart", "EvalEnd",
     "Event", "FSDP", "FitEnd", "FitStart", "FtrainError", "Inference", "Interrupted",
-    "IntervalEnd", "Loss", "LossFn", "NonFiniteError", "PlacementError", "SingleDevice",
-    "StaleStateError", "Step", "StepEnd", "StepFn", "Strategy", "TrainState", "Unplaced",
-    "__version__", "apply_gradients", "as_step", "batch_size", "callbacks", "chain",
-    "checkpoint_record", "eval_epoch", "eval_step", "every", "fit", "fork", "forward_backward",
-    "inference", "latest_checkpoint", "load", "move", "on", "place", "plot_history", "predict",
-    "prepare_loader", "read_checkpoint", "save", "step_scheduler", "strategies", "supervised",
-    "testing", "train_epoch", "train_step", "when", "with_accumulation", "with_grad_clip",
-    "with_skip_nonfinite",
+    "IntervalEnd", "Loss", "LossFn", "NonFiniteError", "Phase", "PlacementError", "SingleDevice",
+    "StaleStateError", "Step", "StepContext", "StepEnd", "StepFn", "Strategy", "TrainState",
+    "Unplaced", "__version__", "apply_gradients", "as_step", "batch_size", "callbacks", "chain",
+    "checkpoint_record", "end_step", "eval_epoch", "eval_step", "every", "fit", "fork",
+    "forward_backward", "inference", "latest_checkpoint", "load", "move", "on", "place",
+    "plot_history", "predict", "prepare_loader", "read_checkpoint", "save", "step_scheduler",
+    "strategies", "supervised", "testing", "train_epoch", "train_step", "when",
+    "with_accumulation", "with_grad_clip", "with_skip_nonfinite",
 ]  # fmt: skip
 
 CALLBACKS = [
