@@ -227,3 +227,9 @@ def test_skip_nonfinite_skips_only_the_phase_that_went_non_finite():
         torch.equal(a, b)
         for a, b in zip(d_before, state.model["discriminator"].parameters(), strict=True)
     )
+
+
+def test_the_testing_kit_works_on_a_gan():
+    state, batch = gan.make_dcgan(), gan.batches(1)[0]
+    assert ftrain.testing.find_unused_parameters(state, batch) == []
+    ftrain.testing.assert_pure_step(state, batch)
