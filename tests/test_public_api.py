@@ -9,12 +9,13 @@ TOP_LEVEL = [
     "FitEnd", "FitStart",
     "FtrainError", "Interrupted", "IntervalEnd", "LossFn", "NonFiniteError", "PlacementError",
     "SingleDevice", "StaleStateError", "Step", "StepEnd", "StepFn", "Strategy", "TrainState",
-    "Unplaced",
+    "Unplaced", "WeightAverage",
     "__version__", "apply_gradients", "as_step", "batch_size", "callbacks", "chain",
     "checkpoint_record", "eval_epoch", "eval_step", "every", "fit", "fork", "forward_backward",
     "latest_checkpoint", "load", "move", "on", "place", "plot_history", "prepare_loader",
     "read_checkpoint", "save", "strategies", "supervised", "testing", "train_epoch", "train_step",
-    "when", "with_accumulation", "with_grad_clip", "with_skip_nonfinite",
+    "update_bn", "using_weights", "when", "with_accumulation", "with_ema", "with_grad_clip",
+    "with_skip_nonfinite", "with_swa",
 ]  # fmt: skip
 
 CALLBACKS = [
