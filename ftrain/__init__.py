@@ -44,13 +44,17 @@ from ._events import Interrupted as Interrupted
 from ._events import IntervalEnd as IntervalEnd
 from ._events import StepEnd as StepEnd
 from ._fit import fit as fit
+from ._fork import fork as fork
 from ._loss import supervised as supervised
+from ._outputs import Loss as Loss
+from ._outputs import StepContext as StepContext
+from ._phases import Phase as Phase
 from ._place import place as place
 from ._plot import plot_history as plot_history
 from ._prefetch import DevicePrefetcher as DevicePrefetcher
 from ._state import TrainState as TrainState
-from ._state import fork as fork
 from ._step import apply_gradients as apply_gradients
+from ._step import end_step as end_step
 from ._step import eval_step as eval_step
 from ._step import forward_backward as forward_backward
 from ._step import train_step as train_step
@@ -95,12 +99,15 @@ __all__ = (
     "FtrainError",
     "Interrupted",
     "IntervalEnd",
+    "Loss",
     "LossFn",
     "NonFiniteError",
+    "Phase",
     "PlacementError",
     "SingleDevice",
     "StaleStateError",
     "Step",
+    "StepContext",
     "StepEnd",
     "StepFn",
     "Strategy",
@@ -114,6 +121,7 @@ __all__ = (
     "callbacks",
     "chain",
     "checkpoint_record",
+    "end_step",
     "eval_epoch",
     "eval_step",
     "every",

@@ -23,9 +23,10 @@ from ._errors import check_int, check_type
 from ._events import EpochEnd, EpochStart, Event, Interrupted, IntervalEnd, StepEnd
 from ._loader_state import attach_loader
 from ._metrics import MeanAccumulator, check_finite, means, merge_sums
+from ._outputs import UNSET
 from ._schedulers import step_epoch_scheduler
 from ._state import TrainState, check_live, set_progress
-from ._step import eval_metrics, eval_mode, train_step
+from ._step import eval_metrics, eval_mode, eval_outputs, train_step
 from ._typing import Callback, EpochAwareStep, StepFn
 
 __all__ = ["eval_epoch", "train_epoch"]
@@ -92,8 +93,8 @@ def train_epoch(
         total = min(total, max_batches)
     if reduce_sum is not None and total is not None:
         agree_on_batches(state, total, "train_epoch", equal=True)
-    if state.epoch_batch == 0 and state.epoch_totals:  # a fresh epoch carries no totals
-        state = set_progress(state, epoch_totals={})
+    if state.epoch_batch == 0:  # a fresh epoch: no totals, and the carry is made anew
+        state = set_progress(state, epoch_totals={}, carry=UNSET)
     interval = MeanAccumulator(state.step)
     position, samples, last_log = state.epoch_batch, 0, state.step
     finished = True
@@ -208,10 +209,11 @@ def eval_epoch(
         if reduce_sum is not None and total is not None:
             most = agree_on_batches(state, total, "eval_epoch", equal=False)
         batch = None
+        carry = UNSET  # evaluation threads its own carry and leaves the state's alone
         for i, batch in enumerate(batches):
             if max_batches is not None and i >= max_batches:
                 break
-            metrics = eval_metrics(state, batch)
+            metrics, carry = eval_outputs(state, batch, carry)
             acc.add(metrics, metrics.get("count", batch_size(batch)))
         if most is not None and state.strategy.lockstep_eval:
             # Sharded models all-gather in every forward: ranks with fewer batches run the

@@ -184,6 +184,8 @@ def read_output(out: Any, where: str = "loss_fn") -> Output:
             )
             raise TypeError(msg)
         return Output(loss, metrics, out.reduction, out.carry, out.handoff)
+    if isinstance(out, int | float):
+        _check_loss(out, where)  # says: return the tensor, not loss.item()
     msg = (
         f"`{where}` must return a scalar loss tensor, (loss, metrics) or ftrain.Loss(...) "
         f"(got {type(out).__name__})."

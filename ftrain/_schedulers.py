@@ -15,17 +15,21 @@ _Plateau = torch.optim.lr_scheduler.ReduceLROnPlateau
 
 
 def step_epoch_scheduler(state: TrainState) -> None:
-    """Step an ``"epoch"``-interval scheduler at an epoch's end (not ReduceLROnPlateau)."""
-    scheduler = state.scheduler
-    if (
-        scheduler is not None
-        and state.scheduler_interval == "epoch"
-        and not isinstance(scheduler, _Plateau)
-    ):
-        scheduler.step()
+    """Step every ``"epoch"``-interval scheduler at an epoch's end (not ReduceLROnPlateau)."""
+    for phase in state.phases:
+        scheduler = phase.scheduler
+        if (
+            scheduler is not None
+            and phase.scheduler_interval == "epoch"
+            and not isinstance(scheduler, _Plateau)
+        ):
+            scheduler.step()
 
 
 def step_plateau_scheduler(state: TrainState, metrics: Mapping[str, Any]) -> None:
-    """Step a ReduceLROnPlateau scheduler on ``val_loss`` (``train_loss`` without validation)."""
-    if isinstance(state.scheduler, _Plateau):
-        state.scheduler.step(metrics.get("val_loss", metrics.get("train_loss")))
+    """Step ReduceLROnPlateau schedulers on ``val_loss`` (``train_loss`` without validation);
+    a phase's on its own ``val_<phase>_loss`` (``train_<phase>_loss``)."""
+    for phase in state.phases:
+        if isinstance(phase.scheduler, _Plateau):
+            p = f"{phase.name}_" if phase.name else ""
+            phase.scheduler.step(metrics.get(f"val_{p}loss", metrics.get(f"train_{p}loss")))

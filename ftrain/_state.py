@@ -1,14 +1,14 @@
 """`TrainState`: the frozen record that holds everything a training run needs to go on.
 
 Over 300 lines because the record, its checked constructor and the rules for copying it (the
-validated `replace`, the hot path's unvalidated `advance`/`set_progress`, and `fork`) belong
-together: the lineage invariant they share is only readable in one place.
+validated `replace` and the phase views, the hot path's unvalidated `advance`/`set_progress`)
+belong together: the lineage invariant they share is only readable in one place. `fork` is in
+``_fork.py``, the building of phases in ``_build.py``.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
@@ -17,21 +17,23 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from ._errors import PlacementError, StaleStateError, check_choice, check_int, check_type, describe
-from ._state_checks import check_loss_fn, check_optimizer_params, is_scheduler, model_device
+from ._build import as_module, check_extras, check_state_phases, make_phases, phases_tuple
+from ._errors import StaleStateError, check_int, check_type, describe
+from ._phases import Phase
+from ._state_checks import model_device
 from ._typing import LossFn, Strategy
 from .strategies._unplaced import Unplaced
 
 if TYPE_CHECKING:
     from ._averaging import WeightAverage
 
-__all__ = ["TrainState", "advance", "check_live", "fork", "set_progress"]
+__all__ = ["Lineage", "TrainState", "advance", "check_live", "set_progress"]
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 SchedulerFactory = Callable[[Optimizer], LRScheduler]
 
 
-class _Lineage:
+class Lineage:
     """The version counter shared by every record that holds the same live weights.
 
     Records made by `replace` share it with their source and stay live together; a function that
@@ -44,6 +46,9 @@ class _Lineage:
         self.version = 0
         self.consumed_by = ""
         self.consumed_at_step = -1
+
+
+_PHASE_VIEWS = ("optimizer", "loss_fn", "scheduler", "scheduler_interval")
 
 
 @attrs.frozen(kw_only=True, eq=False, repr=False, slots=False)
@@ -76,18 +81,15 @@ class TrainState:
     """
 
     model: nn.Module = attrs.field(validator=attrs.validators.instance_of(nn.Module))
-    """The user's module, never wrapped: checkpoint keys carry no ``module.`` prefix."""
-    optimizer: Optimizer = attrs.field(validator=attrs.validators.instance_of(Optimizer))
-    loss_fn: LossFn = attrs.field(validator=attrs.validators.is_callable())
-    scheduler: Any = attrs.field(default=None)
-    """An LR scheduler or None; stepped by `apply_gradients` or per epoch (`scheduler_interval`)."""
-    scheduler_interval: Literal["step", "epoch"] = attrs.field(
-        default="step", validator=attrs.validators.in_(("step", "epoch"))
-    )
+    """The user's module, never wrapped: checkpoint keys carry no ``module.`` prefix. A dict of
+    parts given to `create` is an `nn.ModuleDict`."""
+    phases: tuple[Phase, ...] = attrs.field(converter=phases_tuple, validator=check_state_phases)
+    """The optimizers' parts of a step, in order, each with its built optimizer and scheduler.
+    A single-optimizer state has one unnamed phase (``name=""``) over the whole model."""
     step: int = attrs.field(
         default=0, validator=[attrs.validators.instance_of(int), attrs.validators.ge(0)]
     )
-    """Optimizer steps taken since the start of the run."""
+    """Steps taken since the start of the run (one batch each, or one accumulation group)."""
     epoch: int = attrs.field(
         default=0, validator=[attrs.validators.instance_of(int), attrs.validators.ge(0)]
     )
@@ -97,6 +99,8 @@ class TrainState:
     micro_step: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     """`forward_backward` calls since the last `apply_gradients` (gradient accumulation)."""
     seed: int = attrs.field(default=0, validator=attrs.validators.instance_of(int))
+    stream: int = attrs.field(default=0, validator=attrs.validators.instance_of(int))
+    """Mixed into every seed the run derives, so two states with one seed can draw differently."""
     # Not validated here: a runtime check against the Strategy protocol costs tens of
     # microseconds on every `replace`; `place` checks the strategy it is given instead.
     strategy: Strategy = attrs.field(factory=Unplaced)
@@ -114,6 +118,17 @@ class TrainState:
     """The dtype floating-point batch tensors are cast to (``*-true`` precision), or None."""
     callback_state: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
     """Memory of callbacks (EarlyStopping's best value, ...), keyed by callback name."""
+    extras: Mapping[str, Any] = attrs.field(factory=dict, converter=dict, validator=check_extras)
+    """Named run state of your own (generators, tensors, counters, registered records): given
+    to the loss function as ``ctx.extras`` and checkpointed as the same types."""
+    carry: Any = attrs.field(default=None)
+    """The value carried from batch to batch (an RNN's hidden state), made by ``carry_init`` at
+    the first batch of every epoch and replaced by each step's ``Loss(carry=...)``, detached.
+    `ftrain.UNSET` between an epoch's start and its first batch."""
+    carry_init: Callable[[nn.Module, Any], Any] | None = attrs.field(default=None)
+    """``carry_init(model, batch)`` makes the carry at the start of each epoch and evaluation."""
+    handoff: Mapping[str, Any] = attrs.field(factory=dict)
+    """What the phases run so far in the current step handed over (empty between steps)."""
     epoch_totals: Mapping[str, tuple[float, float]] = attrs.field(factory=dict, converter=dict)
     """``(weighted sum, count)`` per train metric of the current epoch, folded in at each log
     interval (so a mid-epoch checkpoint resumes the epoch's averages)."""
@@ -132,98 +147,146 @@ class TrainState:
     loader_state: Any = attrs.field(default=None)
     """A train loader position read by `load`, handed to the loader's ``load_state_dict`` by the
     next `train_epoch`; None when there is none to restore."""
-    _lineage: _Lineage = attrs.field(factory=_Lineage, alias="_lineage")
+    _lineage: Lineage = attrs.field(factory=Lineage, alias="_lineage")
     _version: int = attrs.field(default=0, alias="_version")
 
     @classmethod
     def create(
         cls,
         *,
-        model: nn.Module,
-        optimizer: Optimizer | OptimizerFactory,
-        loss_fn: LossFn,
+        model: nn.Module | Mapping[str, nn.Module],
+        optimizer: Optimizer | OptimizerFactory | None = None,
+        loss_fn: LossFn | None = None,
         scheduler: LRScheduler | SchedulerFactory | None = None,
         scheduler_interval: Literal["step", "epoch"] = "step",
         seed: int = 0,
+        phases: Sequence[Phase] | None = None,
+        extras: Mapping[str, Any] | None = None,
+        carry_init: Callable[[nn.Module, Any], Any] | None = None,
+        stream: int = 0,
     ) -> TrainState:
         """Build the state of a new run (``step=0``, ``epoch=0``), checking every argument.
 
         Args:
-            model: the `nn.Module` to train. It stays where it is until `ftrain.place`.
+            model: the `nn.Module` to train, or a dict of named parts (``{"generator": G,
+                "discriminator": D}``), which becomes an `nn.ModuleDict`. It stays where it is
+                until `ftrain.place`.
             optimizer: an `Optimizer` over ``model``'s parameters, or a factory
                 ``params -> Optimizer`` called with them. Either way the state holds the
                 optimizer; placement that shards the model (`FSDP`) rebuilds it with the same
                 class and parameter groups.
-            loss_fn: ``loss_fn(model, batch)`` returning a scalar loss or ``(loss, metrics)``;
-                `ftrain.supervised` builds the common ``(inputs, targets)`` case.
+            loss_fn: ``loss_fn(model, batch)`` or ``loss_fn(model, batch, ctx)`` (a
+                `ftrain.StepContext`) returning a scalar loss, ``(loss, metrics)`` or a
+                `ftrain.Loss`; `ftrain.supervised` builds the common ``(inputs, targets)`` case.
             scheduler: an LR scheduler over ``optimizer``, or a factory ``optimizer -> scheduler``.
             scheduler_interval: ``"step"`` steps the scheduler after every optimizer step,
                 ``"epoch"`` after every epoch (in `train_epoch`).
             seed: the seed every random choice of the run is derived from (dropout, shuffling).
+            phases: instead of ``optimizer``/``loss_fn``/``scheduler``: several optimizers, one
+                `ftrain.Phase` each, run in this order every step. Parts of ``model`` no phase
+                optimizes are frozen (``requires_grad=False``; a distillation teacher).
+            extras: named run state (``torch.Generator``, tensors, numbers, strings, registered
+                records, and lists, tuples and dicts of those), passed to the loss as
+                ``ctx.extras`` and checkpointed.
+            carry_init: ``carry_init(model, batch)`` makes the value carried from batch to batch
+                (``ctx.carry``) at the start of every epoch and every evaluation.
+            stream: mixed into every seed, so two states with one seed can draw differently.
 
         Returns:
-            A new, live `TrainState`. Nothing is moved or mutated.
+            A new, live `TrainState`. Nothing is moved; parts no phase optimizes are frozen.
 
         Raises:
             TypeError: an argument has the wrong type.
-            ValueError: the optimizer or scheduler does not belong to this model.
+            ValueError: the optimizer or scheduler does not belong to this model, or both
+                ``phases`` and ``optimizer``/``loss_fn`` were given.
             CallbackSignatureError: ``loss_fn`` cannot be called as ``loss_fn(model, batch)``.
         """
+        model = as_module(model)
         check_type("model", model, nn.Module, "a torch.nn.Module")
-        if not isinstance(optimizer, Optimizer):
-            if not callable(optimizer):
-                msg = (
-                    "`optimizer` must be a torch.optim.Optimizer or a factory params -> Optimizer "
-                    f"(got {describe(optimizer)}). Example: "
-                    "optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3)."
-                )
-                raise TypeError(msg)
-            optimizer = optimizer(model.parameters())
-            if not isinstance(optimizer, Optimizer):
-                msg = (
-                    "`optimizer` factory must return a torch.optim.Optimizer "
-                    f"(got {describe(optimizer)})."
-                )
-                raise TypeError(msg)
-        check_optimizer_params(model, optimizer)
-        check_loss_fn(loss_fn)
-        if scheduler is not None and not is_scheduler(scheduler):
-            if not callable(scheduler):
-                msg = (
-                    "`scheduler` must be an LR scheduler or a factory optimizer -> scheduler "
-                    f"(got {describe(scheduler)})."
-                )
-                raise TypeError(msg)
-            scheduler = scheduler(optimizer)
-            if not is_scheduler(scheduler):
-                msg = (
-                    f"`scheduler` factory must return an LR scheduler (got {describe(scheduler)})."
-                )
-                raise TypeError(msg)
-        if scheduler is not None and scheduler.optimizer is not optimizer:  # type: ignore[union-attr]
-            msg = (
-                "`scheduler` must drive the state's optimizer, but it was built over another "
-                "optimizer. Pass a factory instead: scheduler=lambda opt: StepLR(opt, 10)."
-            )
-            raise ValueError(msg)
-        check_choice("scheduler_interval", scheduler_interval, ("step", "epoch"))
         check_int("seed", seed, minimum=None)
+        check_int("stream", stream, minimum=None)
+        if carry_init is not None and not callable(carry_init):
+            msg = (
+                "`carry_init` must be a callable carry_init(model, batch) "
+                f"(got {describe(carry_init)})."
+            )
+            raise TypeError(msg)
+        built = make_phases(model, phases, optimizer, loss_fn, scheduler, scheduler_interval)
         return cls(
             model=model,
-            optimizer=optimizer,
-            loss_fn=loss_fn,
-            scheduler=scheduler,
-            scheduler_interval=scheduler_interval,
+            phases=built,
             seed=seed,
+            stream=stream,
             device=model_device(model),
+            extras={} if extras is None else extras,
+            carry_init=carry_init,
         )
 
     def replace(self, **changes: Any) -> TrainState:
         """Return a copy of this record with ``changes`` applied (validated, like `attrs.evolve`).
 
         The copy shares the model and optimizer with ``self`` and stays live together with it.
+        On a single-optimizer state, ``optimizer``, ``loss_fn``, ``scheduler`` and
+        ``scheduler_interval`` change its one phase.
         """
+        views = {k: changes.pop(k) for k in _PHASE_VIEWS if k in changes}
+        if views:
+            phase = attrs.evolve(self._only_phase("replace"), **views)
+            changes["phases"] = (phase,)
         return attrs.evolve(self, **changes)
+
+    def _only_phase(self, what: str) -> Phase:
+        phases = self.phases
+        if len(phases) != 1:
+            names = [p.name for p in phases]
+            msg = (
+                f"`state.{what}` is ambiguous: this state has {len(phases)} phases {names}, each "
+                f"with its own optimizer, scheduler and loss. Use state.optimizers[name], "
+                "state.schedulers[name] or state.phase(name)."
+            )
+            raise AttributeError(msg)
+        return phases[0]
+
+    @property
+    def optimizer(self) -> Optimizer:
+        """The optimizer of a single-optimizer state (`optimizers` for several)."""
+        phases = self.phases
+        if len(phases) == 1:
+            return phases[0].optimizer  # type: ignore[no-any-return]
+        return self._only_phase("optimizer").optimizer  # type: ignore[no-any-return]
+
+    @property
+    def scheduler(self) -> Any:
+        """The LR scheduler of a single-optimizer state, or None (`schedulers` for several)."""
+        return self._only_phase("scheduler").scheduler
+
+    @property
+    def loss_fn(self) -> LossFn:
+        """The loss function of a single-optimizer state (``state.phase(name).loss_fn``)."""
+        return self._only_phase("loss_fn").loss_fn
+
+    @property
+    def scheduler_interval(self) -> Literal["step", "epoch"]:
+        """When the scheduler of a single-optimizer state steps: ``"step"`` or ``"epoch"``."""
+        return self._only_phase("scheduler_interval").scheduler_interval
+
+    @property
+    def optimizers(self) -> dict[str, Optimizer]:
+        """Every optimizer by phase name (``""`` for a single-optimizer state)."""
+        return {p.name: p.optimizer for p in self.phases}
+
+    @property
+    def schedulers(self) -> dict[str, Any]:
+        """Every phase's LR scheduler (or None) by phase name."""
+        return {p.name: p.scheduler for p in self.phases}
+
+    def phase(self, name: str) -> Phase:
+        """The phase called ``name``, with its built optimizer and scheduler."""
+        for p in self.phases:
+            if p.name == name:
+                return p
+        msg = f"This state has no phase {name!r} (phases: {[p.name for p in self.phases]})."
+        raise KeyError(msg)
 
     @property
     def module(self) -> nn.Module:
@@ -247,16 +310,21 @@ class TrainState:
 
     @property
     def lr(self) -> float:
-        """The learning rate of the first parameter group."""
-        return float(self.optimizer.param_groups[0]["lr"])
+        """The learning rate of the first parameter group (of the first phase's optimizer)."""
+        return float(self.phases[0].optimizer.param_groups[0]["lr"])
 
     def __repr__(self) -> str:
         n = sum(p.numel() for p in self.model.parameters())
         live = "" if self.is_live else ", stale"
+        if len(self.phases) == 1:
+            opts = f"optimizer={type(self.optimizer).__name__}"
+        else:
+            kinds = ", ".join(f"{p.name}: {type(p.optimizer).__name__}" for p in self.phases)
+            opts = f"phases=({kinds})"
         return (
             f"TrainState(step={self.step}, epoch={self.epoch}, "
             f"model={type(self.model).__name__}({n:,} params), "
-            f"optimizer={type(self.optimizer).__name__}, device={self.device}, "
+            f"{opts}, device={self.device}, "
             f"strategy={self.strategy!r}{live})"
         )
 
@@ -329,60 +397,3 @@ def check_live(state: object, where: str) -> None:
         raise TypeError(msg)
     if state._version != state._lineage.version:
         _raise_stale(state, where)
-
-
-def fork(state: TrainState) -> TrainState:
-    """Return an independent deep copy of ``state``: model, optimizer, scheduler, scaler, memory.
-
-    The copy and the original can be trained separately; neither consumes the other. Use it to
-    keep a snapshot before a step (``before = fork(state)``) or to branch an experiment.
-
-    Args:
-        state: a live state.
-
-    Returns:
-        A new live state with its own weights and optimizer buffers; ``state`` is not consumed.
-
-    Example:
-        >>> import torch, ftrain
-        >>> state = ftrain.testing.toy_state()
-        >>> snapshot = ftrain.fork(state)
-        >>> state, _ = ftrain.train_step(state, ftrain.testing.toy_batch())
-        >>> snapshot.is_live, snapshot.step, state.step
-        (True, 0, 1)
-    """
-    check_live(state, "fork")
-    if state.world_size > 1:
-        msg = (
-            "`fork` of a distributed state is not supported: its model is wrapped or sharded "
-            f"by {state.strategy!r}. Fork before `place`, or save a checkpoint instead."
-        )
-        raise PlacementError(msg)
-    memo: dict[int, Any] = {}
-    model, optimizer, scheduler, scaler, cb_state, averages = copy.deepcopy(
-        (
-            state.model,
-            state.optimizer,
-            state.scheduler,
-            state.scaler,
-            dict(state.callback_state),
-            dict(state.averages),
-        ),
-        memo,
-    )
-    wrapped = None if state.wrapped is None else state.strategy.rewrap(model)
-    if wrapped is None and state.wrapped is not None:
-        msg = f"`fork` cannot re-create the wrapper of a state placed with {state.strategy!r}."
-        raise PlacementError(msg)
-    return attrs.evolve(
-        state,
-        model=model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        scaler=scaler,
-        callback_state=cb_state,
-        averages=averages,  # type: ignore[arg-type]
-        wrapped=wrapped,
-        _lineage=_Lineage(),
-        _version=0,
-    )

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from ._errors import CallbackSignatureError, describe
-
-__all__ = ["check_loss_fn", "check_optimizer_params", "is_scheduler", "model_device"]
+__all__ = ["check_optimizer_params", "is_scheduler", "model_device"]
 
 
 def is_scheduler(obj: object) -> bool:
@@ -45,26 +41,3 @@ def check_optimizer_params(model: nn.Module, optimizer: Optimizer) -> None:
             "optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3)."
         )
         raise ValueError(msg)
-
-
-def check_loss_fn(loss_fn: object) -> None:
-    if not callable(loss_fn):
-        msg = (
-            "`loss_fn` must be a callable loss_fn(model, batch) -> loss or (loss, metrics) "
-            f"(got {describe(loss_fn)}). For (inputs, targets) batches use "
-            "ftrain.supervised(torch.nn.CrossEntropyLoss())."
-        )
-        raise TypeError(msg)
-    try:
-        sig = inspect.signature(loss_fn)
-    except (TypeError, ValueError):  # builtins and C callables have no signature
-        return
-    try:
-        sig.bind(None, None)
-    except TypeError as err:
-        msg = (
-            f"`loss_fn` must accept two positional arguments (model, batch), but its signature "
-            f"is {getattr(loss_fn, '__name__', type(loss_fn).__name__)}{sig} ({err}). "
-            "Wrap it: loss_fn=lambda model, batch: my_loss(model(batch[0]), batch[1])."
-        )
-        raise CallbackSignatureError(msg) from None

@@ -3,25 +3,46 @@
 Nothing here calls ``.item()`` or otherwise waits for the device: metrics are detached tensors on
 the state's device. Parameters, gradients and optimizer buffers are updated in place, so the input
 state is consumed (see `TrainState`).
+
+A state has one or several phases (`ftrain.Phase`); each backpropagates only into its own
+optimizer's parameters (``inputs=``), so no phase writes or reads another's gradients. The
+single-optimizer path is the hot one and stays free of per-phase bookkeeping.
+
+Over 300 lines because the phase functions, the whole-step functions built from them and the
+evaluation forward share the private loss call, backward and update, which only stay identical
+(bit for bit, as the tests demand) by living in one place.
 """
 
 from __future__ import annotations
 
 import contextlib
-import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-from ._batch import cast_floating, move
+from ._outputs import UNSET, StepContext, read_output
+from ._passes import (
+    apply_update,
+    autocast,
+    initial_carry,
+    prefixed,
+    prepare,
+    run_phase,
+    update_phase,
+    update_scaler,
+)
+from ._phases import Phase, is_due
 from ._rng import mix, seed_step
 from ._state import TrainState, advance, check_live
 
 __all__ = [
     "apply_gradients",
+    "end_step",
+    "eval_metrics",
     "eval_mode",
+    "eval_outputs",
     "eval_step",
     "forward_backward",
     "train_step",
@@ -31,23 +52,31 @@ Metrics = dict[str, torch.Tensor]
 
 
 def forward_backward(
-    state: TrainState, batch: Any, *, loss_scale: float = 1.0
+    state: TrainState, batch: Any, *, phase: str | None = None, loss_scale: float = 1.0
 ) -> tuple[TrainState, Metrics]:
     """Run ``loss_fn`` on ``batch`` and accumulate gradients; no optimizer step.
 
     The batch is moved to ``state.device`` first. Randomness inside ``loss_fn`` (dropout) is
-    seeded from ``(state.seed, state.step, state.micro_step)``, so the same state and batch give
-    the same gradients.
+    seeded from ``(state.seed, state.stream, state.step, state.micro_step, phase)``, so the same
+    state and batch give the same gradients. The backward pass writes gradients only into the
+    parameters of the phase's optimizer (``backward(inputs=...)``): a loss that runs through
+    another model (a generator's loss through the discriminator) leaves that model's gradients
+    alone.
 
     Args:
         state: a live state. It is consumed: its gradient buffers are accumulated into.
         batch: tensors in any nesting of tuples, lists, dicts and namedtuples.
+        phase: the phase to run, on a state with several (`ftrain.Phase`); None on a
+            single-optimizer state. A named phase's metrics are prefixed with its name, its
+            ``Loss(handoff=...)`` is kept in ``state.handoff`` for the later phases of the step,
+            and the counters wait for `end_step`.
         loss_scale: the gradient is that of ``loss * loss_scale`` (``1 / k`` when accumulating
             over k batches); the reported loss is unscaled.
 
     Returns:
-        ``(new_state, metrics)``: ``new_state.micro_step`` is one higher; ``metrics`` has
-        ``"loss"`` and whatever ``loss_fn`` reported, as detached device tensors.
+        ``(new_state, metrics)``: on a single-optimizer state ``new_state.micro_step`` is one
+        higher; ``metrics`` has ``"loss"`` and whatever ``loss_fn`` reported, as detached device
+        tensors.
 
     Raises:
         StaleStateError: ``state`` was already consumed.
@@ -61,11 +90,20 @@ def forward_backward(
         (1, 0)
     """
     check_live(state, "forward_backward")
-    metrics = _forward_backward(state, batch, loss_scale)
-    return advance(state, "forward_backward", micro_step=state.micro_step + 1), metrics
+    index, p = _phase(state, phase, "forward_backward")
+    batch = prepare(state, batch)
+    metrics, carry, handoff = run_phase(state, p, index, batch, loss_scale, state.handoff)
+    if phase is None:
+        changes: dict[str, Any] = {"micro_step": state.micro_step + 1}
+    else:
+        metrics = prefixed(metrics, p.name)
+        changes = {"handoff": {**state.handoff, **handoff}} if handoff else {}
+    if carry is not UNSET:
+        changes["carry"] = carry
+    return advance(state, "forward_backward", **changes), metrics
 
 
-def apply_gradients(state: TrainState) -> TrainState:
+def apply_gradients(state: TrainState, *, phase: str | None = None) -> TrainState:
     """Take one optimizer step with the accumulated gradients.
 
     Steps the optimizer (through the ``GradScaler`` under ``16-mixed``), steps the LR scheduler
@@ -75,6 +113,8 @@ def apply_gradients(state: TrainState) -> TrainState:
 
     Args:
         state: a live state with gradients from `forward_backward`. It is consumed.
+        phase: on a state with several phases, the one to update: only its optimizer and
+            scheduler step, and the counters wait for `end_step`, which closes the step.
 
     Returns:
         The new state.
@@ -92,18 +132,47 @@ def apply_gradients(state: TrainState) -> TrainState:
         (1, 0)
     """
     check_live(state, "apply_gradients")
+    _, p = _phase(state, phase, "apply_gradients")
+    if phase is not None:
+        update_phase(state, p)
+        return advance(state, "apply_gradients")
     if state.micro_step == 0:
         msg = (
             "`state` has no accumulated gradients (micro_step=0): call "
             "`forward_backward(state, batch)` before `apply_gradients(state)`."
         )
         raise ValueError(msg)
-    _apply(state)
+    apply_update(state, p)
     return advance(state, "apply_gradients", step=state.step + 1, micro_step=0)
 
 
+def end_step(state: TrainState) -> TrainState:
+    """Close a step of a state with several phases: ``step + 1``, as `train_step` does.
+
+    A custom loop runs ``forward_backward(state, batch, phase=name)`` and
+    ``apply_gradients(state, phase=name)`` for each phase it wants, then calls this once: it
+    updates the ``GradScaler`` (``16-mixed``) once for all the step's optimizers, forgets the
+    step's handoff, and sets ``step + 1`` and ``micro_step = 0``.
+
+    Example:
+        >>> import ftrain
+        >>> state = ftrain.testing.toy_state()
+        >>> state, _ = ftrain.forward_backward(state, ftrain.testing.toy_batch(), phase="")
+        >>> state = ftrain.apply_gradients(state, phase="")
+        >>> ftrain.end_step(state).step
+        1
+    """
+    check_live(state, "end_step")
+    update_scaler(state)
+    return advance(state, "end_step", step=state.step + 1, micro_step=0, handoff={})
+
+
 def train_step(state: TrainState, batch: Any) -> tuple[TrainState, Metrics]:
-    """One training step: `forward_backward` then `apply_gradients`.
+    """One training step: `forward_backward` then `apply_gradients`, for every due phase.
+
+    On a state with several phases, each phase due at this step (see `Phase.every`) runs its
+    forward, backward and update in the declared order, handing ``Loss(handoff=...)`` values to
+    the later ones; its metrics are prefixed with its name (``d_loss``, ``g_loss``).
 
     Args:
         state: a live state. It is consumed: parameters and optimizer buffers change in place.
@@ -125,17 +194,46 @@ def train_step(state: TrainState, batch: Any) -> tuple[TrainState, Metrics]:
         (1, 'cpu')
     """
     check_live(state, "train_step")
-    metrics = _forward_backward(state, batch)
-    skipped = _apply(state)
+    phases = state.phases
+    p = phases[0]
+    if p.name or len(phases) != 1:
+        return _train_phases(state, batch)
+    metrics, carry, _ = run_phase(state, p, 0, prepare(state, batch))
+    skipped = apply_update(state, p)
     if skipped is not None:
         metrics["skipped"] = skipped
-    return advance(state, "train_step", step=state.step + 1, micro_step=0), metrics
+    if carry is UNSET:
+        return advance(state, "train_step", step=state.step + 1, micro_step=0), metrics
+    return advance(state, "train_step", step=state.step + 1, micro_step=0, carry=carry), metrics
+
+
+def _train_phases(state: TrainState, batch: Any) -> tuple[TrainState, Metrics]:
+    batch = prepare(state, batch)
+    metrics: Metrics = {}
+    handoff: dict[str, Any] = {}
+    carry = UNSET
+    for index, p in enumerate(state.phases):
+        if not is_due(p, state.step):
+            continue
+        if carry is not UNSET:  # a phase sees the carry the earlier ones returned
+            state = advance(state, "train_step", carry=carry)
+        out, carry, given = run_phase(state, p, index, batch, 1.0, handoff)
+        handoff.update(given)
+        update_phase(state, p)
+        metrics.update(prefixed(out, p.name))
+    changes: dict[str, Any] = {"step": state.step + 1, "micro_step": 0}
+    if carry is not UNSET:
+        changes["carry"] = carry
+    metrics.update(update_scaler(state))
+    return advance(state, "train_step", **changes), metrics
 
 
 def eval_step(state: TrainState, batch: Any) -> Metrics:
     """Measure ``loss_fn`` on ``batch`` without gradients, in eval mode; the state is unchanged.
 
-    Every module's ``training`` flag is restored afterwards exactly as it was.
+    Every module's ``training`` flag is restored afterwards exactly as it was. A state with
+    several phases measures every phase's loss in order (handoffs included), prefixed; a
+    carried value starts from ``carry_init``, as at the start of an evaluation.
 
     Returns:
         ``metrics``: ``"loss"`` and whatever ``loss_fn`` reported, as detached device tensors.
@@ -154,17 +252,42 @@ def eval_step(state: TrainState, batch: Any) -> Metrics:
 
 def eval_metrics(state: TrainState, batch: Any) -> Metrics:
     """`eval_step` without the mode switch and checks (for loops that switch once per epoch)."""
-    batch = move(batch, state.device, non_blocking=state.device.type == "cuda")
-    if state.batch_dtype is not None:
-        batch = cast_floating(batch, state.batch_dtype)
-    seed_step(mix(state.seed, 0x5EED), state.step, 0, state.device.type == "cuda")
+    return eval_outputs(state, batch, UNSET)[0]
+
+
+def eval_outputs(state: TrainState, batch: Any, carry: Any) -> tuple[Metrics, Any]:
+    """One evaluation forward with its own ``carry`` (`UNSET`: make one); returns the next carry."""
+    batch = prepare(state, batch)
+    seed_step(mix(state.seed, 0x5EED), state.step, 0, state.device.type == "cuda", 0, state.stream)
     # The strategy names the module: under DDP the unwrapped model, whose forward syncs nothing
     # (the wrapper's would broadcast rank 0's buffers over the other ranks' ones).
     module = state.strategy.eval_module(state)
-    with torch.no_grad(), _autocast(state):
-        out = state.loss_fn(module, batch)
-    loss, metrics = _split(out)
-    return _metrics(loss, metrics)
+    single = not state.phases[0].name
+    metrics: Metrics = {}
+    handoff: dict[str, Any] = {}
+    with torch.no_grad(), autocast(state):
+        for p in state.phases:
+            if p.takes_context:
+                if carry is UNSET:
+                    carry = initial_carry(state, module, batch)
+                ctx = StepContext(
+                    carry=carry,
+                    handoff=handoff,
+                    extras=state.extras,
+                    step=state.step,
+                    phase=p.name or None,
+                    training=False,
+                )
+                out = read_output(p.loss_fn(module, batch, ctx))
+                if out.carry is not UNSET:
+                    carry = out.carry
+                handoff.update(out.handoff)
+            else:
+                out = read_output(p.loss_fn(module, batch))
+            if single:
+                return out.metrics, carry
+            metrics.update(prefixed(out.metrics, p.name))
+    return metrics, carry
 
 
 @contextlib.contextmanager
@@ -179,94 +302,18 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
             m.training = flag
 
 
-def _forward_backward(state: TrainState, batch: Any, loss_scale: float = 1.0) -> Metrics:
-    device = state.device
-    cuda = device.type == "cuda"
-    batch = move(batch, device, non_blocking=cuda)
-    if state.batch_dtype is not None:
-        batch = cast_floating(batch, state.batch_dtype)
-    seed_step(state.seed, state.step, state.micro_step, cuda, state.rank)
-    if state.autocast_dtype is None:
-        out = state.loss_fn(state.module, batch)
-    else:
-        with _autocast(state):
-            out = state.loss_fn(state.module, batch)
-    loss, metrics = _split(out)
-    if not loss.requires_grad:
-        msg = (
-            "`loss_fn` returned a loss that does not require grad: it was detached, computed "
-            "under torch.no_grad(), or no parameter it used requires grad. Return the loss "
-            "tensor itself, not loss.detach() or loss.item()."
-        )
-        raise ValueError(msg)
-    scaled = loss if loss_scale == 1.0 else loss * loss_scale
-    scaler = state.scaler
-    (scaled if scaler is None else scaler.scale(scaled)).backward()
-    return _metrics(loss, metrics)
-
-
-def _apply(state: TrainState) -> torch.Tensor | None:
-    """The optimizer update; under a GradScaler, returns 1.0 when it skipped the step (device)."""
-    optimizer = state.optimizer
-    scaler = state.scaler
-    skipped = None
-    if scaler is None:
-        optimizer.step()
-    else:
-        # GradScaler.step itself syncs once to decide; the scale shrinks exactly when it skipped.
-        before = scaler.get_scale() if scaler._scale is None else scaler._scale.clone()
-        scaler.step(optimizer)
-        scaler.update()
-        skipped = (scaler._scale < before).float()
-    if state.scheduler is not None and state.scheduler_interval == "step":
-        if skipped is None:
-            state.scheduler.step()
-        else:  # the schedule follows step calls, skipped or not; torch warns when one skipped
-            with warnings.catch_warnings():
-                warnings.filterwarnings(
-                    "ignore", "Detected call of `lr_scheduler.step", UserWarning
-                )
-                state.scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return skipped
-
-
-def _autocast(state: TrainState) -> contextlib.AbstractContextManager[Any]:
-    if state.autocast_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(state.device.type, dtype=state.autocast_dtype)
-
-
-def _split(out: Any) -> tuple[torch.Tensor, Mapping[str, Any]]:
-    if type(out) is tuple:
-        if len(out) != 2 or not isinstance(out[1], Mapping):
+def _phase(state: TrainState, name: str | None, where: str) -> tuple[int, Phase]:
+    phases = state.phases
+    if name is None:
+        if phases[0].name:
             msg = (
-                "`loss_fn` must return a scalar loss tensor or (loss, metrics) with metrics a "
-                f"dict (got a tuple of {len(out)}: {', '.join(type(v).__name__ for v in out)})."
+                f"`{where}` on a state with named phases needs `phase=` "
+                f"(one of {[p.name for p in phases]}), or use `train_step` to run them all."
             )
-            raise TypeError(msg)
-        loss, metrics = out
-    else:
-        loss, metrics = out, {}
-    if not isinstance(loss, torch.Tensor):
-        msg = (
-            "`loss_fn` must return the loss as a torch.Tensor (got "
-            f"{type(loss).__name__}). Return the tensor, not loss.item()."
-        )
-        raise TypeError(msg)
-    if loss.ndim != 0:
-        msg = (
-            f"`loss_fn` must return a scalar loss (got a tensor of shape {tuple(loss.shape)}). "
-            "Reduce it, e.g. criterion(..., reduction='mean') or loss.mean()."
-        )
-        raise ValueError(msg)
-    return loss, metrics
-
-
-def _metrics(loss: torch.Tensor, extra: Mapping[str, Any]) -> Metrics:
-    metrics = {"loss": loss.detach()}
-    if not extra:
-        return metrics
-    for k, v in extra.items():
-        metrics[k] = v.detach() if isinstance(v, torch.Tensor) else v
-    return metrics
+            raise ValueError(msg)
+        return 0, phases[0]
+    for i, p in enumerate(phases):
+        if p.name == name:
+            return i, p
+    msg = f"`phase` passed to `{where}` must be one of {[p.name for p in phases]} (got {name!r})."
+    raise ValueError(msg)

@@ -21,6 +21,8 @@ import attrs
 import torch
 
 from ._errors import check_int, check_number
+from ._passes import update_scaler
+from ._phases import is_due
 from ._state import TrainState, advance, check_live
 from ._step import apply_gradients, forward_backward, train_step
 
@@ -28,11 +30,15 @@ __all__ = ["Step", "as_step", "with_accumulation", "with_grad_clip", "with_skip_
 
 Metrics = dict[str, torch.Tensor]
 ForwardBackward = Callable[..., tuple[TrainState, Metrics]]
-ApplyGradients = Callable[[TrainState, Metrics], tuple[TrainState, Metrics]]
+ApplyGradients = Callable[..., tuple[TrainState, Metrics]]
+"""``(state, metrics, *, phase=None) -> (state, metrics)``; ``phase`` names the phase to update
+on a state with several (a transform for such states passes it on)."""
 
 
-def _apply_phase(state: TrainState, metrics: Metrics) -> tuple[TrainState, Metrics]:
-    return apply_gradients(state), metrics
+def _apply_phase(
+    state: TrainState, metrics: Metrics, *, phase: str | None = None
+) -> tuple[TrainState, Metrics]:
+    return apply_gradients(state, phase=phase), metrics
 
 
 @attrs.frozen
@@ -63,6 +69,8 @@ class Step:
     accumulate: int = 1
 
     def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, Metrics]:
+        if state.phases[0].name:
+            return self._run_phases(state, batch)
         if self.accumulate == 1:
             state, metrics = self.forward_backward(state, batch)
             return self.apply_gradients(state, metrics)
@@ -70,6 +78,28 @@ class Step:
         if state.micro_step < self.accumulate:
             return state, metrics
         return self.apply_gradients(state, metrics)
+
+    def _run_phases(self, state: TrainState, batch: Any) -> tuple[TrainState, Metrics]:
+        """Every due phase: its forward/backward, then (at a group's last batch) its update."""
+        check_live(state, "Step")
+        last = state.micro_step + 1 >= self.accumulate
+        metrics: Metrics = {}
+        for p in state.phases:
+            if not is_due(p, state.step):
+                continue
+            if self.accumulate == 1:
+                state, m = self.forward_backward(state, batch, phase=p.name)
+            else:
+                state, m = self.forward_backward(
+                    state, batch, phase=p.name, loss_scale=1.0 / self.accumulate
+                )
+            if last:
+                state, m = self.apply_gradients(state, m, phase=p.name)
+            metrics.update(m)
+        if not last:
+            return advance(state, "Step", micro_step=state.micro_step + 1, handoff={}), metrics
+        metrics.update(update_scaler(state))
+        return advance(state, "Step", step=state.step + 1, micro_step=0, handoff={}), metrics
 
     def finish_epoch(self, state: TrainState) -> TrainState:
         """Apply a short last accumulation group at an epoch's end (called by `train_epoch`).
@@ -85,8 +115,30 @@ class Step:
             for p in state.model.parameters():
                 if p.grad is not None:
                     p.grad.mul_(factor)
-        state, _ = self.apply_gradients(state, {})
-        return state
+        if not state.phases[0].name:
+            state, _ = self.apply_gradients(state, {})
+            return state
+        for phase in state.phases:
+            if is_due(phase, state.step):
+                state, _ = self.apply_gradients(state, {}, phase=phase.name)
+        update_scaler(state)
+        return advance(state, "finish_epoch", step=state.step + 1, micro_step=0, handoff={})
+
+
+def _phase_of(state: TrainState, phase: str | None) -> tuple[Any, str]:
+    """The optimizer a transform acts on and the prefix of the metrics it adds."""
+    if phase is None:
+        return state.optimizer, ""
+    return state.phase(phase).optimizer, f"{phase}_" if phase else ""
+
+
+def _call(
+    inner: ApplyGradients, state: TrainState, metrics: Metrics, phase: str | None
+) -> tuple[TrainState, Metrics]:
+    # A user's own apply_gradients written for one optimizer need not take `phase`.
+    if phase is None:
+        return inner(state, metrics)
+    return inner(state, metrics, phase=phase)
 
 
 def as_step(step: Step | Callable[..., Any] = train_step) -> Step:
@@ -137,16 +189,19 @@ def with_grad_clip(
             check_number(name, value, positive=True)
     inner = base.apply_gradients
 
-    def clipped(state: TrainState, metrics: Metrics) -> tuple[TrainState, Metrics]:
+    def clipped(
+        state: TrainState, metrics: Metrics, *, phase: str | None = None
+    ) -> tuple[TrainState, Metrics]:
+        optimizer, prefix = _phase_of(state, phase)
         if state.scaler is not None:
-            state.scaler.unscale_(state.optimizer)
-        params = [p for p in state.model.parameters() if p.grad is not None]
+            state.scaler.unscale_(optimizer)
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         if max_value is not None:
             torch.nn.utils.clip_grad_value_(params, max_value)
         if max_norm is not None:
             norm = torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type=norm_type)
-            metrics = {**metrics, "grad_norm": norm.detach()}
-        return inner(state, metrics)
+            metrics = {**metrics, prefix + "grad_norm": norm.detach()}
+        return _call(inner, state, metrics, phase)
 
     return attrs.evolve(base, apply_gradients=clipped)
 
@@ -195,21 +250,25 @@ def with_skip_nonfinite(step: Step | Callable[..., Any] = train_step) -> Step:
     base = as_step(step)
     inner = base.apply_gradients
 
-    def guarded(state: TrainState, metrics: Metrics) -> tuple[TrainState, Metrics]:
-        grads = [p.grad for p in state.model.parameters() if p.grad is not None]
-        checks = [torch.isfinite(metrics["loss"]).reshape(1)]
+    def guarded(
+        state: TrainState, metrics: Metrics, *, phase: str | None = None
+    ) -> tuple[TrainState, Metrics]:
+        optimizer, prefix = _phase_of(state, phase)
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        checks = [torch.isfinite(metrics[prefix + "loss"]).reshape(1)]
         checks += [torch.isfinite(g).all().reshape(1) for g in grads]
         if bool(torch.cat(checks).all()):  # the documented sync
-            state, metrics = inner(state, metrics)
-            return state, {**metrics, "skipped": torch.zeros((), device=state.device)}
-        state.optimizer.zero_grad(set_to_none=True)
+            state, metrics = _call(inner, state, metrics, phase)
+            return state, {**metrics, prefix + "skipped": torch.zeros((), device=state.device)}
+        optimizer.zero_grad(set_to_none=True)
         zeros = {
             k: torch.zeros_like(v) if isinstance(v, torch.Tensor) else 0.0
             for k, v in metrics.items()
         }
-        skipped = torch.ones((), device=state.device)
+        zeros[prefix + "skipped"] = torch.ones((), device=state.device)
+        if phase is not None:  # one phase skips its update; the step goes on
+            return state, zeros
         zeros["count"] = torch.zeros((), dtype=torch.long, device=state.device)
-        zeros["skipped"] = skipped
         return advance(state, "with_skip_nonfinite", micro_step=0), zeros
 
     return attrs.evolve(base, apply_gradients=guarded)

@@ -117,6 +117,17 @@ class Strategy(Protocol):
         ...
 
     @property
+    def backward_inputs(self) -> bool:
+        """The optimizers' parameters are the leaves of the autograd graph.
+
+        True for strategies that keep whole parameters: `forward_backward` then backpropagates
+        with ``inputs=`` the phase's parameters, so no other parameter gets a gradient. False
+        where the forward runs through gathered copies (FSDP): a phase's backward then keeps
+        the other parameters' gradients aside and puts them back after it.
+        """
+        ...
+
+    @property
     def sharded_checkpoint(self) -> bool:
         """`ftrain.save` writes a directory in which every process stores its own shards."""
         ...

@@ -20,8 +20,9 @@ from torch import nn
 
 from ._checkpoint import load, save
 from ._fit import fit
+from ._fork import fork
 from ._loss import supervised
-from ._state import TrainState, fork
+from ._state import TrainState
 from ._step import eval_step, forward_backward, train_step
 from ._typing import StepFn
 
@@ -196,21 +197,23 @@ _TIMING = ("epoch_time", "samples_per_sec")
 
 def assert_states_equal(a: TrainState, b: TrainState) -> None:
     """Assert two states hold bit-identical weights, buffers, optimizer state and counters."""
-    for field in ("step", "epoch", "epoch_batch", "micro_step", "seed"):
+    for field in ("step", "epoch", "epoch_batch", "micro_step", "seed", "stream"):
         if getattr(a, field) != getattr(b, field):
             msg = f"`{field}` differs: {getattr(a, field)} vs {getattr(b, field)}."
             raise AssertionError(msg)
     sa, sb = a.model.state_dict(), b.model.state_dict()
     diff = [k for k in sa if not torch.equal(sa[k], sb[k])]
-    oa, ob = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
-    diff += [
-        f"optimizer[{i}].{k}"
-        for i in oa
-        for k, v in oa[i].items()
-        if isinstance(v, torch.Tensor) and not torch.equal(v, ob[i][k])
-    ]
-    if a.scheduler is not None and a.scheduler.state_dict() != b.scheduler.state_dict():
-        diff.append("scheduler")
+    for pa, pb in zip(a.phases, b.phases, strict=True):
+        where = f"optimizers[{pa.name!r}]" if pa.name else "optimizer"
+        oa, ob = pa.optimizer.state_dict()["state"], pb.optimizer.state_dict()["state"]
+        diff += [
+            f"{where}[{i}].{k}"
+            for i in oa
+            for k, v in oa[i].items()
+            if isinstance(v, torch.Tensor) and not torch.equal(v, ob[i][k])
+        ]
+        if pa.scheduler is not None and pa.scheduler.state_dict() != pb.scheduler.state_dict():
+            diff.append(f"schedulers[{pa.name!r}]" if pa.name else "scheduler")
     if set(a.averages) != set(b.averages):
         diff.append(f"averages ({sorted(a.averages)} vs {sorted(b.averages)})")
     for name in set(a.averages) & set(b.averages):

@@ -132,6 +132,7 @@ class _Wrapping:
     world_size: int = 1
     rank: int = 0
     lockstep_eval: bool = False
+    backward_inputs: bool = True
     sharded_checkpoint: bool = False
 
     def setup(self, state):

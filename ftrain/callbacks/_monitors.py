@@ -50,7 +50,7 @@ class LearningRateMonitor:
         wanted = IntervalEnd if self.interval == "step" else EpochEnd
         if not isinstance(event, wanted):
             return state
-        lrs = tuple(float(g["lr"]) for g in state.optimizer.param_groups)
+        lrs = tuple(float(g["lr"]) for p in state.phases for g in p.optimizer.param_groups)
         rows = (*state.callback_state.get(self.name, ()), (event.step, lrs))
         return state.replace(callback_state={**state.callback_state, self.name: rows})
 

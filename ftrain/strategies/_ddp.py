@@ -59,6 +59,7 @@ class DDP:
     rank: int = attrs.field(default=0, init=False)
     world_size: int = attrs.field(default=1, init=False)
     lockstep_eval: bool = attrs.field(default=False, init=False, repr=False)
+    backward_inputs: bool = attrs.field(default=True, init=False, repr=False)
     sharded_checkpoint: bool = attrs.field(default=False, init=False, repr=False)
 
     def setup(self, state: TrainState) -> TrainState:

@@ -71,6 +71,8 @@ class FSDP:
     rank: int = attrs.field(default=0, init=False)
     world_size: int = attrs.field(default=1, init=False)
     lockstep_eval: bool = attrs.field(default=True, init=False, repr=False)
+    backward_inputs: bool = attrs.field(default=False, init=False, repr=False)
+    """The forward runs through all-gathered copies of the sharded parameters."""
     """Evaluation runs the same number of forward passes on every rank (all-gathers need it)."""
 
     @property

@@ -50,6 +50,7 @@ class SingleDevice:
     world_size: int = attrs.field(default=1, init=False, repr=False)
     rank: int = attrs.field(default=0, init=False, repr=False)
     lockstep_eval: bool = attrs.field(default=False, init=False, repr=False)
+    backward_inputs: bool = attrs.field(default=True, init=False, repr=False)
     sharded_checkpoint: bool = attrs.field(default=False, init=False, repr=False)
 
     def setup(self, state: TrainState) -> TrainState:
