@@ -196,7 +196,7 @@ _TIMING = ("epoch_time", "samples_per_sec")
 
 
 def assert_states_equal(a: TrainState, b: TrainState) -> None:
-    """Assert two states hold bit-identical weights, buffers, optimizer state and counters."""
+    """Assert two states hold bit-identical weights, buffers, optimizer state, counters, extras."""
     for field in ("step", "epoch", "epoch_batch", "micro_step", "seed", "stream"):
         if getattr(a, field) != getattr(b, field):
             msg = f"`{field}` differs: {getattr(a, field)} vs {getattr(b, field)}."
@@ -214,6 +214,11 @@ def assert_states_equal(a: TrainState, b: TrainState) -> None:
         ]
         if pa.scheduler is not None and pa.scheduler.state_dict() != pb.scheduler.state_dict():
             diff.append(f"schedulers[{pa.name!r}]" if pa.name else "scheduler")
+    diff += [
+        f"extras[{k!r}]"
+        for k in set(a.extras) | set(b.extras)
+        if not _same(a.extras.get(k), b.extras.get(k))
+    ]
     if set(a.averages) != set(b.averages):
         diff.append(f"averages ({sorted(a.averages)} vs {sorted(b.averages)})")
     for name in set(a.averages) & set(b.averages):
@@ -228,6 +233,19 @@ def assert_states_equal(a: TrainState, b: TrainState) -> None:
     if diff:
         msg = f"states differ in: {', '.join(diff[:10])}."
         raise AssertionError(msg)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Run state compared exactly: generators by their state, tensors bit for bit."""
+    if isinstance(a, torch.Generator) and isinstance(b, torch.Generator):
+        return torch.equal(a.get_state(), b.get_state())
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and torch.equal(a, b)
+    if type(a) in (list, tuple) and type(a) is type(b) and len(a) == len(b):
+        return all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if type(a) is dict and type(b) is dict and a.keys() == b.keys():
+        return all(_same(a[k], b[k]) for k in a)
+    return bool(a == b)
 
 
 def assert_resume_equivalent(

@@ -407,7 +407,7 @@ def test_read_checkpoint_shows_what_a_file_holds_without_a_template(tmp_path):
     assert contents["meta"]["step"] == 3 and contents["meta"]["seed"] == state.seed
     assert set(contents["model"]) == set(state.model.state_dict())
     assert all(v.device.type == "cpu" for v in contents["model"].values())
-    assert contents["optimizer"]["state"] and contents["scheduler"] is not None
+    assert contents["optimizers"][""]["state"] and contents["schedulers"][""] is not None
     assert contents["scaler"] is None and contents["callback_state"] == {}
 
 

@@ -2,6 +2,7 @@
 
 import copy
 
+import attrs
 import pytest
 import torch
 from scripts import gan
@@ -158,3 +159,36 @@ def test_single_optimizer_views_name_the_phases_on_a_gan():
     assert set(state.optimizers) == {"d", "g"} and state.schedulers == {"d": None, "g": None}
     with pytest.raises(ValueError, match="needs `phase=`"):
         ftrain.forward_backward(state, gan.batches(1)[0])
+
+
+def test_a_gan_resumes_mid_epoch_bit_for_bit_with_checkpoint_and_early_stopping(tmp_path):
+    data = gan.loader(5)
+
+    def callbacks():
+        return [
+            ftrain.callbacks.EarlyStopping(monitor="val_g_loss", patience=100),
+            ftrain.callbacks.Checkpoint(tmp_path / "run", every_n_steps=2),
+        ]
+
+    resumed = ftrain.testing.assert_resume_equivalent(
+        gan.make_dcgan,
+        (data, gan.batches(2)),
+        max_steps=12,
+        resume_at=7,
+        path=tmp_path / "mid.ckpt",
+        callbacks=callbacks,
+        log_every_n_steps=2,
+    )
+    assert resumed.step == 12 and isinstance(resumed.extras["noise"], torch.Generator)
+    contents = ftrain.read_checkpoint(tmp_path / "mid.ckpt")
+    assert set(contents["optimizers"]) == {"d", "g"}
+    assert contents["kinds"]["d"] == {"optimizer": "Adam", "scheduler": None}
+
+
+def test_load_refuses_a_template_whose_optimizer_differs_in_kind(tmp_path):
+    path = ftrain.save(gan.make_dcgan(), tmp_path / "a.ckpt")
+    template = gan.make_dcgan()
+    sgd = torch.optim.SGD(template.model["generator"].parameters(), lr=0.1)
+    phases = (template.phases[0], attrs.evolve(template.phases[1], optimizer=sgd))
+    with pytest.raises(ftrain.CheckpointError, match="phase 'g' has a SGD optimizer"):
+        ftrain.load(template.replace(phases=phases), path)

@@ -23,7 +23,7 @@ from .._errors import CheckpointError, NonFiniteError, check_type
 from .._state import TrainState, advance, check_live
 from ._format import remove, write_file
 from ._match import check_matches, shapes
-from ._records import checkpoint_record, decode, state_record
+from ._records import checkpoint_record, decode, restore_carry, state_record
 from ._rundir import (
     checkpoint_name,
     latest_checkpoint,
@@ -94,21 +94,31 @@ def save(state: TrainState, path: str | os.PathLike[str]) -> Path:
     record.update(run_record)
     if sharded:
         return save_sharded(state, target, record, averages=average_shards)
-    record["model"], record["optimizer"] = state_dicts(state, full=True)  # FSDP: a collective
+    record["model"], record["optimizers"] = state_dicts(state, full=True)  # FSDP: a collective
     if state.rank == 0:
         write_file(target, record)
     return target
 
 
-def load(state: TrainState, path: str | os.PathLike[str]) -> TrainState:
+def load(
+    state: TrainState, path: str | os.PathLike[str], *, reset_carry: bool = False
+) -> TrainState:
     """Fill the template ``state`` with the checkpoint at ``path``; the template is consumed.
 
     The template gives the model, optimizer and placement; keys and shapes must match (every
     mismatch is named). Tensors land on the template's device, whatever device they were saved
     from. Records in ``callback_state`` come back as their classes (see `checkpoint_record`).
 
+    Args:
+        state: the template; consumed.
+        path: a checkpoint file or shard directory.
+        reset_carry: on another number of processes than the checkpoint's, drop its carried
+            values (one per process) so ``carry_init`` makes them anew; without it such a load
+            is refused.
+
     Returns:
-        A live state with the checkpoint's weights, optimizer state, counters and callback memory.
+        A live state with the checkpoint's weights, optimizers' states (by phase name),
+        schedulers, counters, callback memory, extras and this process's carry.
 
     Raises:
         CheckpointError: the file is missing, truncated, corrupt, not an ftrain checkpoint, from
@@ -129,8 +139,16 @@ def load(state: TrainState, path: str | os.PathLike[str]) -> TrainState:
     source = Path(path)
     data = read_verified(source)
     callback_state = decode(data["callback_state"], "callback_state")
-    for name in ("scheduler", "scaler"):
-        obj, saved = getattr(state, name), data[name]
+    extras = {**state.extras, **decode(data["extras"], "extras")}
+    carry = restore_carry(data["carry"], state, str(path), reset_carry)
+    schedulers = data["schedulers"]
+    pairs = [("scaler", state.scaler, data["scaler"])]
+    pairs += [
+        ("scheduler" if not p.name else f"phase {p.name!r} scheduler", p.scheduler,
+         schedulers.get(p.name))
+        for p in state.phases
+    ]  # fmt: skip
+    for name, obj, saved in pairs:
         if (obj is None) != (saved is None):
             msg = (
                 f"Checkpoint {str(path)!r} {'has' if saved is not None else 'has no'} {name} "
@@ -142,11 +160,12 @@ def load(state: TrainState, path: str | os.PathLike[str]) -> TrainState:
     if source.is_dir():
         load_sharded(state, source, data, averages=average_shards)
     else:
-        check_matches(state, source, shapes(data["model"]), data["optimizer"]["param_groups"])
+        groups = {name: sd["param_groups"] for name, sd in data["optimizers"].items()}
+        check_matches(state, source, shapes(data["model"]), groups, data["kinds"])
         load_full(state, data)
-    for name in ("scheduler", "scaler"):
-        if data[name] is not None:
-            getattr(state, name).load_state_dict(data[name])
+    for _, obj, saved in pairs:
+        if saved is not None:
+            obj.load_state_dict(saved)
     meta = data["meta"]
     return advance(
         state,
@@ -156,6 +175,10 @@ def load(state: TrainState, path: str | os.PathLike[str]) -> TrainState:
         epoch_batch=meta["epoch_batch"],
         micro_step=meta["micro_step"],
         seed=meta["seed"],
+        stream=meta["stream"],
+        extras=extras,
+        carry=carry,
+        handoff={},
         epoch_totals={k: (float(s), float(n)) for k, (s, n) in meta["epoch_totals"].items()},
         callback_state=callback_state,
         should_stop=False,
@@ -169,14 +192,16 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     For inspection: nothing is loaded into a model. The result is a dict of plain data, with
     tensors on the CPU:
 
-    - ``"meta"``: ``step``, ``epoch``, ``epoch_batch``, ``micro_step``, ``seed``,
+    - ``"meta"``: ``step``, ``epoch``, ``epoch_batch``, ``micro_step``, ``seed``, ``stream``,
       ``epoch_totals`` and the ``torch_version`` that wrote it;
-    - ``"model"`` and ``"optimizer"``: the full state dicts (parameter names without any
-      wrapper's prefix); absent for a directory of shards, which has ``"sharded"`` instead (the
-      world size that wrote it and the optimizer's hyperparameters; the tensors stay in the
-      shards);
-    - ``"scheduler"``, ``"scaler"``: their state dicts, or None;
-    - ``"callback_state"``: the run state, registered records rebuilt as their classes;
+    - ``"model"``: the full state dict (parameter names without any wrapper's prefix), and
+      ``"optimizers"``: every optimizer's by phase name (``""`` for a single optimizer); absent
+      for a directory of shards, which has ``"sharded"`` instead (the world size that wrote it
+      and the optimizers' hyperparameters; the tensors stay in the shards);
+    - ``"schedulers"`` (by phase name) and ``"scaler"``: their state dicts, or None;
+      ``"kinds"``: the class names of every phase's optimizer and scheduler;
+    - ``"callback_state"`` and ``"extras"``: the run state, registered records rebuilt as their
+      classes and generators as generators; ``"carry"``: every process's carried value.
     - ``"history"``: the rows `fit` returned in the run so far;
     - ``"averages"``: each average's ``kind``, ``count`` and (in a file) ``tensors``;
     - ``"loader"``: the train loader's position of every rank, or None.
@@ -197,5 +222,6 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     check_type("path", path, _PATH, _PATH_WORDS)
     data = read_verified(Path(path))
     data["callback_state"] = decode(data["callback_state"], "callback_state")
+    data["extras"] = decode(data["extras"], "extras")
     data["history"] = decode(data.get("history", []), "history")
     return data

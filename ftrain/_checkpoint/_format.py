@@ -1,6 +1,6 @@
 """The checkpoint file: header, checksum, atomic write, verified read.
 
-File layout (version 1)::
+File layout (version 2)::
 
     b"FTRAINCK"  magic, 8 bytes
     uint32       format version
@@ -33,7 +33,7 @@ from .._errors import CheckpointError
 __all__ = ["FORMAT_VERSION", "fsync_dir", "read_file", "remove", "write_file", "write_record"]
 
 MAGIC = b"FTRAINCK"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _HEADER = struct.Struct("<8sIQ32s")
 
 

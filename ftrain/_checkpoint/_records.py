@@ -16,21 +16,37 @@ import attrs
 import torch
 
 from .._errors import CheckpointError, describe
+from .._outputs import UNSET
+from ._match import kinds
 
 if TYPE_CHECKING:
     from .._state import TrainState
 
-__all__ = ["checkpoint_record", "decode", "encode", "state_record"]
+__all__ = [
+    "carry_record",
+    "checkpoint_record",
+    "decode",
+    "encode",
+    "restore_carry",
+    "state_record",
+]
 
 T = TypeVar("T", bound=type)
 
 _RECORD = "__ftrain_record__"
+_GENERATOR = "__ftrain_generator__"
 _RECORDS: dict[str, type] = {}
 _SCALARS = frozenset({type(None), bool, int, float, str})  # exact types: no numpy scalars
 
 
 def state_record(state: TrainState) -> dict[str, Any]:
-    """Everything a checkpoint of ``state`` holds but the model and optimizer state."""
+    """Everything a checkpoint of ``state`` holds but the model and optimizer state.
+
+    Schedulers are stored by phase name (``""`` for a single optimizer), with the class names of
+    every phase's optimizer and scheduler (``"kinds"``), so `load` refuses a template whose
+    optimizer or scheduler differs in kind. The carry is gathered from every process (a
+    collective: every rank calls this).
+    """
     return {
         "format": "ftrain",
         "meta": {
@@ -39,13 +55,68 @@ def state_record(state: TrainState) -> dict[str, Any]:
             "epoch_batch": state.epoch_batch,
             "micro_step": state.micro_step,
             "seed": state.seed,
+            "stream": state.stream,
             "epoch_totals": {k: [s, n] for k, (s, n) in state.epoch_totals.items()},
             "torch_version": str(torch.__version__),
         },
-        "scheduler": None if state.scheduler is None else state.scheduler.state_dict(),
+        "schedulers": {
+            p.name: None if p.scheduler is None else p.scheduler.state_dict() for p in state.phases
+        },
+        "kinds": kinds(state),
         "scaler": None if state.scaler is None else state.scaler.state_dict(),
         "callback_state": encode(dict(state.callback_state), "callback_state"),
+        "extras": encode(dict(state.extras), "extras"),
+        "carry": carry_record(state),
     }
+
+
+def carry_record(state: TrainState) -> dict[str, Any]:
+    """Every process's carry (``None`` where it is unset), on the CPU, with the world size."""
+    mine = None if state.carry is UNSET else [_to_cpu(encode(state.carry, "carry"))]
+    ranks = [mine]
+    if state.world_size > 1:
+        import torch.distributed as dist
+
+        ranks = [None] * state.world_size
+        dist.all_gather_object(ranks, mine)
+    return {"world_size": state.world_size, "ranks": ranks}
+
+
+def restore_carry(saved: dict[str, Any], state: TrainState, path: str, reset: bool) -> Any:
+    """This process's carry from `carry_record`'s record; refused across world sizes."""
+    ranks = saved["ranks"]
+    if saved["world_size"] != state.world_size:
+        if reset or all(r is None or r == [None] for r in ranks):
+            return UNSET
+        msg = (
+            f"Checkpoint {path!r} holds a carry per process for {saved['world_size']} "
+            f"process(es), and this state runs on {state.world_size}: a carry belongs to its "
+            "process's data. Load with `reset_carry=True` to make it anew with `carry_init`."
+        )
+        raise CheckpointError(msg)
+    mine = ranks[state.rank]
+    if mine is None:
+        return UNSET
+    return _to_device(decode(mine[0], "carry"), state.device)
+
+
+def _to_cpu(value: Any) -> Any:
+    return _map_tensors(value, lambda t: t.detach().cpu())
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    return _map_tensors(value, lambda t: t.to(device))
+
+
+def _map_tensors(value: Any, fn: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    kind = type(value)
+    if kind is list or kind is tuple:
+        return kind(_map_tensors(v, fn) for v in value)
+    if kind is dict:
+        return {k: _map_tensors(v, fn) for k, v in value.items()}
+    return value
 
 
 def checkpoint_record(cls: T) -> T:
@@ -104,6 +175,8 @@ def encode(value: Any, where: str) -> Any:
     kind = type(value)
     if kind in _SCALARS or isinstance(value, torch.Tensor):
         return value
+    if kind is torch.Generator:
+        return {_GENERATOR: str(value.device), "state": value.get_state()}
     if kind is list or kind is tuple:
         return kind(encode(v, f"{where}[{i}]") for i, v in enumerate(value))
     if kind is dict:
@@ -127,8 +200,8 @@ def encode(value: Any, where: str) -> Any:
         return {_RECORD: name, "fields": fields}
     msg = (
         f"`{where}` cannot be checkpointed (got {describe(value)}): run state must be plain data "
-        "(None, bools, numbers, strings, tensors, and lists, tuples and dicts of those) or attrs "
-        "records registered with `@ftrain.checkpoint_record`."
+        "(None, bools, numbers, strings, tensors, torch.Generator, and lists, tuples and dicts "
+        "of those) or attrs records registered with `@ftrain.checkpoint_record`."
     )
     raise TypeError(msg)
 
@@ -140,8 +213,8 @@ def _check_key(key: Any, where: str) -> None:
             "must be None, bools, numbers, strings, or tuples of those."
         )
         raise TypeError(msg)
-    if key == _RECORD:
-        msg = f"`{where}` uses the key {_RECORD!r}, which ftrain reserves for records."
+    if key in (_RECORD, _GENERATOR):
+        msg = f"`{where}` uses the key {key!r}, which ftrain reserves for its own values."
         raise TypeError(msg)
 
 
@@ -162,6 +235,10 @@ def decode(value: Any, where: str) -> Any:
     if kind is dict:
         if _RECORD in value:
             return _rebuild(value[_RECORD], value["fields"], where)
+        if _GENERATOR in value:
+            generator = torch.Generator(value[_GENERATOR])
+            generator.set_state(value["state"])
+            return generator
         return {k: decode(v, f"{where}[{k!r}]") for k, v in value.items()}
     if kind is list or kind is tuple:
         return kind(decode(v, f"{where}[{i}]") for i, v in enumerate(value))

@@ -59,7 +59,7 @@ def save_sharded(
     from torch.distributed.checkpoint.filesystem import FileSystemWriter
     from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
-    model_sd, optim_sd = state_dicts(state, full=False)
+    model_sd, optims = state_dicts(state, full=False)
     tmp = target.parent / f".{target.name}.tmp"
     distributed = dist.is_available() and dist.is_initialized()
     if state.rank == 0:
@@ -68,8 +68,9 @@ def save_sharded(
     if distributed:
         dist.barrier()
     content: dict[str, Any] = {"model": model_sd}
-    if optim_sd["state"]:
-        content["optimizer_state"] = optim_sd["state"]
+    with_state = sorted(name for name, sd in optims.items() if sd["state"])
+    if with_state:
+        content["optimizer_state"] = {_key(n): optims[n]["state"] for n in with_state}
     if averages:
         content["averages"] = averages
     with _single_process_intended():
@@ -78,8 +79,8 @@ def save_sharded(
     if state.rank == 0:
         record["sharded"] = {
             "world_size": state.world_size,
-            "optimizer_state": bool(optim_sd["state"]),
-            "param_groups": optim_sd["param_groups"],
+            "optimizer_state": with_state,
+            "param_groups": {name: sd["param_groups"] for name, sd in optims.items()},
         }
         with (tmp / STATE_FILE).open("wb") as f:
             write_record(f, record)
@@ -110,9 +111,10 @@ def load_sharded(
     Each process reads the parts of the shards it holds (torch.distributed.checkpoint reshards).
     """
     from torch.distributed.checkpoint.state_dict import (
-        get_state_dict,
+        get_model_state_dict,
+        get_optimizer_state_dict,
         set_model_state_dict,
-        set_state_dict,
+        set_optimizer_state_dict,
     )
     from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
@@ -123,12 +125,17 @@ def load_sharded(
         for k, v in metadata.state_dict_metadata.items()
         if k.startswith("model.")
     }
-    check_matches(state, directory, saved, sharded["param_groups"])
-    had_state = bool(state.optimizer.state)
-    model_sd, optim_sd = get_state_dict(state.model, state.optimizer)  # initialises Adam & co.
+    check_matches(state, directory, saved, sharded["param_groups"], data.get("kinds"))
+    with_state = set(sharded["optimizer_state"])
+    model_sd = get_model_state_dict(state.model)
+    optim_sds = {}
+    for phase in state.phases:
+        had_state = bool(phase.optimizer.state)
+        # initialises Adam & co., so the load has tensors to fill
+        optim_sds[phase.name] = (get_optimizer_state_dict(state.model, phase.optimizer), had_state)
     content: dict[str, Any] = {"model": model_sd}
-    if sharded["optimizer_state"]:
-        content["optimizer_state"] = optim_sd["state"]
+    if with_state:
+        content["optimizer_state"] = {_key(n): optim_sds[n][0]["state"] for n in with_state}
     if averages:
         content["averages"] = averages
     try:
@@ -144,17 +151,23 @@ def load_sharded(
             "Load it into a state built like the one that saved it."
         )
         raise CheckpointError(msg) from None
-    if sharded["optimizer_state"]:
-        optim_sd["state"] = content["optimizer_state"]
-        optim_sd["param_groups"] = sharded["param_groups"]
-        set_state_dict(
-            state.model, state.optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd
-        )
-    else:  # the saved optimizer had no state: drop what get_state_dict initialised
-        set_model_state_dict(state.model, model_sd)
-        if not had_state:
-            state.optimizer.state.clear()
-        load_hyperparameters(state, sharded["param_groups"])
+    set_model_state_dict(state.model, model_sd)
+    for phase in state.phases:
+        optim_sd, had_state = optim_sds[phase.name]
+        groups = sharded["param_groups"][phase.name]
+        if phase.name in with_state:
+            optim_sd["state"] = content["optimizer_state"][_key(phase.name)]
+            optim_sd["param_groups"] = groups
+            set_optimizer_state_dict(state.model, phase.optimizer, optim_state_dict=optim_sd)
+        else:  # the saved optimizer had no state: drop what get_optimizer_state_dict made
+            if not had_state:
+                phase.optimizer.state.clear()
+            load_hyperparameters(phase.optimizer, groups)
+
+
+def _key(phase: str) -> str:
+    """A phase's key among the shards (the unnamed phase of one optimizer included)."""
+    return f"phase_{phase}"
 
 
 def read_directory(directory: Path) -> dict[str, Any]:

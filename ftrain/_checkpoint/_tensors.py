@@ -13,26 +13,39 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
+    from torch.optim import Optimizer
+
     from .._state import TrainState
 
 __all__ = ["load_full", "load_hyperparameters", "nonfinite_parameters", "state_dicts"]
 
 
-def state_dicts(state: TrainState, *, full: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The model's and the optimizer's state dicts; ``full`` gathers them on the CPU.
+def state_dicts(
+    state: TrainState, *, full: bool
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The model's state dict and every optimizer's, by phase name; ``full`` gathers on the CPU.
 
     Leaves a fresh optimizer as it was: torch's state-dict API initialises its state with a zero
     step (Adam's step counter becomes 1), and saving must not change training.
     """
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True) if full else None
-    fresh = not state.optimizer.state
-    model_sd, optim_sd = get_state_dict(state.model, state.optimizer, options=options)
-    if fresh:
-        state.optimizer.state.clear()
-        optim_sd["state"] = {}
-    return model_sd, optim_sd
+    model_sd = get_model_state_dict(state.model, options=options)
+    optimizers = {}
+    for phase in state.phases:
+        optimizer = phase.optimizer
+        fresh = not optimizer.state
+        optim_sd = get_optimizer_state_dict(state.model, optimizer, options=options)
+        if fresh:
+            optimizer.state.clear()
+            optim_sd["state"] = {}
+        optimizers[phase.name] = optim_sd
+    return model_sd, optimizers
 
 
 def load_full(state: TrainState, data: Mapping[str, Any]) -> None:
@@ -49,18 +62,19 @@ def load_full(state: TrainState, data: Mapping[str, Any]) -> None:
 
     full = StateDictOptions(full_state_dict=True)
     set_model_state_dict(state.model, data["model"], options=full)
-    saved_optim = data["optimizer"]
-    if saved_optim["state"]:
-        set_optimizer_state_dict(
-            state.model, state.optimizer, optim_state_dict=saved_optim, options=full
-        )
-    else:  # a stateless optimizer (plain SGD) or one that never stepped: hyperparameters only
-        load_hyperparameters(state, saved_optim["param_groups"])
+    for phase in state.phases:
+        saved_optim = data["optimizers"][phase.name]
+        if saved_optim["state"]:
+            set_optimizer_state_dict(
+                state.model, phase.optimizer, optim_state_dict=saved_optim, options=full
+            )
+        else:  # a stateless optimizer (plain SGD) or one that never stepped: hyperparameters only
+            load_hyperparameters(phase.optimizer, saved_optim["param_groups"])
 
 
-def load_hyperparameters(state: TrainState, saved_groups: list[dict[str, Any]]) -> None:
+def load_hyperparameters(optimizer: Optimizer, saved_groups: list[dict[str, Any]]) -> None:
     """Set every optimizer group's hyperparameters (lr, betas, ...) to the saved ones."""
-    for group, saved in zip(state.optimizer.param_groups, saved_groups, strict=True):
+    for group, saved in zip(optimizer.param_groups, saved_groups, strict=True):
         group.update({k: v for k, v in saved.items() if k != "params"})
 
 

@@ -195,3 +195,10 @@ def reference_wgan(state, data, noise_seed=2):
             loss_g = loss_g.detach()
         losses.append((loss_c.detach(), loss_g))
     return nn.ModuleDict({"generator": net_g, "critic": net_c}), losses
+
+
+def loader(n_batches, batch_size=16, seed=0):
+    """The same images as `batches`, from a DataLoader (no shuffling), which resumes mid-epoch."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(images(n_batches * batch_size, seed), batch_size=batch_size)
