@@ -53,8 +53,8 @@ def update_bn(
 
     Example:
         >>> import torch, ftrain
-        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4),
-        ...                             torch.nn.Linear(4, 1))
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.BatchNorm1d(4),
+        ...                             torch.nn.Linear(4, 3))
         >>> state = ftrain.TrainState.create(
         ...     model=model, optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
         ...     loss_fn=ftrain.supervised(torch.nn.MSELoss()))
