@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from scripts import dist_worker
+from scripts import dist_worker, gan
 
 import ftrain
 
@@ -80,6 +80,24 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, mode):
     assert len(result["logs"]) == len(logs) == 6
     for got, want in zip(result["logs"], logs, strict=True):
         assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("mode", ["gan-ddp", "gan-fsdp"])
+def test_a_gan_on_two_processes_equals_one_with_the_same_global_batch(tmp_path, mode):
+    proc = torchrun(mode, tmp_path / mode)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / f"{mode}.json").read_text())
+    params = torch.load(tmp_path / f"{mode}.pt", weights_only=True)
+    state, history = ftrain.fit(
+        gan.make_pair_gan(), gan.pair_loader(16), max_epochs=2, log_every_n_steps=3
+    )
+    assert result["world"] == 2 and result["step"] == state.step == 12
+    for k, v in state.model.state_dict().items():
+        torch.testing.assert_close(params[k], v, rtol=0, atol=1e-5)
+    for got, want in zip(result["history"], history, strict=True):
+        for k in ("train_d_loss", "train_g_loss"):
+            assert got[k] == pytest.approx(want[k], abs=1e-5), k
 
 
 @pytest.mark.timeout(300)

@@ -133,3 +133,21 @@ def test_distributed_example_gives_the_same_result_on_one_and_two_processes(tmp_
     assert "ddp on 2 process(es): 128 steps" in proc.stdout and acc(proc.stdout) == acc(single)
     assert proc.stdout.count("val_acc") == 1  # only rank 0 prints
     assert list(tmp_path.glob("step-*.ckpt"))
+
+
+@pytest.mark.timeout(300)
+def test_gan_example_trains_two_phases_and_saves_a_grid_each_epoch(tmp_path):
+    out = _run("gan.py", "--epochs", "2", "--limit-batches", "5", "--out", str(tmp_path))
+    assert re.search(r"gan: 2 epochs, 10 steps, d_loss \d\.\d+, g_loss \d\.\d+", out), out
+    grids = sorted(tmp_path.glob("epoch-*.png"))
+    assert len(grids) == 2 and grids[0].read_bytes()[:4] == b"\x89PNG"
+    resumed = _run("gan.py", "--epochs", "3", "--limit-batches", "5", "--out", str(tmp_path),
+                   "--resume")  # fmt: skip
+    assert "gan: 3 epochs, 15 steps" in resumed
+
+
+@pytest.mark.timeout(300)
+def test_distillation_example_keeps_the_teacher_frozen():
+    out = _run("distillation.py", "--epochs", "2", "--teacher-epochs", "1", "--limit-batches", "5")
+    assert re.search(r"distillation: 10 steps, student val_acc \d\.\d+", out), out
+    assert "the teacher got no gradients: True" in out

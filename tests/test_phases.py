@@ -192,3 +192,16 @@ def test_load_refuses_a_template_whose_optimizer_differs_in_kind(tmp_path):
     phases = (template.phases[0], attrs.evolve(template.phases[1], optimizer=sgd))
     with pytest.raises(ftrain.CheckpointError, match="phase 'g' has a SGD optimizer"):
         ftrain.load(template.replace(phases=phases), path)
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_mixed_precision_trains_a_gan_with_one_scaler_for_all_optimizers(precision):
+    strategy = ftrain.SingleDevice("cpu", precision=precision)
+    state = ftrain.place(gan.make_dcgan(), strategy)
+    before = [p.clone() for p in state.model.parameters()]
+    for real in gan.batches(3):
+        state, metrics = ftrain.train_step(state, real)
+    assert {"d_loss", "g_loss"} <= set(metrics)
+    assert all(not torch.equal(a, b) for a, b in zip(before, state.model.parameters(), strict=True))
+    if precision == "16-mixed":  # updated once per step, whatever the number of optimizers
+        assert state.scaler._growth_tracker.item() == 3 and float(metrics["skipped"]) == 0.0

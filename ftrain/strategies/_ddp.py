@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ._dist import all_reduce_sum, average_gradients, init_from_env, joined
+from ._dist import all_reduce_sum, average_gradients, broadcast_module, init_from_env, joined
 from ._placement import place_on
 from ._precision import check_precision
 
@@ -28,7 +28,11 @@ class DDP:
     `place` starts the process group from torchrun's environment when none is running (nccl on
     CUDA, gloo on CPU), puts each process on ``cuda:LOCAL_RANK`` (or the CPU) and wraps the model.
     Parameters keep their identity, so the optimizer stays valid; ``state.model`` stays the
-    unwrapped module (checkpoint keys carry no ``module.`` prefix). Every loader gets an
+    unwrapped module (checkpoint keys carry no ``module.`` prefix). A state with named phases
+    (`ftrain.Phase`: a GAN) is not wrapped: rank 0's weights are broadcast once, every part is
+    called as it is, and each phase averages its own parameters' gradients right after its
+    backward (`sync_gradients`), so no ``find_unused_parameters`` is needed and a frozen part is
+    never synced. Buffers (BatchNorm statistics) then stay per process. Every loader gets an
     `EpochSampler` (a `DistributedSampler`) from `fit`; metrics are averaged across processes at
     each log interval; only rank 0 prints and writes.
 
@@ -64,7 +68,10 @@ class DDP:
 
     def setup(self, state: TrainState) -> TrainState:
         rank, world, device = init_from_env(self.backend, self.timeout_s)
-        return place_on(state, joined(self, rank, world), device, self.precision)
+        state = place_on(state, joined(self, rank, world), device, self.precision)
+        if state.wrapped is None:  # named phases: no wrapper to broadcast rank 0's weights
+            broadcast_module(state.model)
+        return state
 
     def rewrap(self, model: nn.Module) -> nn.Module:
         """Wrap ``model`` in `DistributedDataParallel` (it broadcasts rank 0's weights)."""

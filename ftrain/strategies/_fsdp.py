@@ -34,7 +34,9 @@ class FSDP:
     `fully_shard` to each submodule whose class is in ``shard`` (default: every direct child that
     has parameters) and then to the root, and rebuilds the optimizer over the sharded parameters
     with the same class, parameter groups and hyperparameters. The LR scheduler is re-pointed at
-    the new optimizer. Mixed precision is FSDP's policy: ``bf16-mixed`` computes in bfloat16 and
+    the new optimizer. With named phases (`ftrain.Phase`: a GAN) each optimized part is sharded
+    as a root of its own and every phase's optimizer is rebuilt; a frozen part stays whole on
+    every process. Mixed precision is FSDP's policy: ``bf16-mixed`` computes in bfloat16 and
     reduces gradients in float32.
 
     Attributes:
@@ -88,7 +90,7 @@ class FSDP:
             fully_shard,
         )
 
-        if state.optimizer.state:
+        if any(phase.optimizer.state for phase in state.phases):
             msg = (
                 "`place(state, FSDP())` needs a fresh optimizer: this one already has state. "
                 "Place first, then `load` a checkpoint into the placed state."
@@ -100,35 +102,46 @@ class FSDP:
         model.to(device)
         broadcast_module(model)
         names = {id(p): n for n, p in model.named_parameters()}
-        groups = [
-            ([names[id(p)] for p in g["params"]], {k: v for k, v in g.items() if k != "params"})
-            for g in state.optimizer.param_groups
-        ]
+        groups = {
+            phase.name: [
+                ([names[id(p)] for p in g["params"]], {k: v for k, v in g.items() if k != "params"})
+                for g in phase.optimizer.param_groups
+            ]
+            for phase in state.phases
+        }
         mp_policy = MixedPrecisionPolicy(
             param_dtype=autocast_dtype(self.precision), reduce_dtype=torch.float32
         )
         offload = CPUOffloadPolicy() if self.cpu_offload else OffloadPolicy()
-        for module in [*self._targets(model), model]:  # children first, then the root
-            fully_shard(
-                module,
-                reshard_after_forward=self.reshard_after_forward,
-                mp_policy=mp_policy,
-                offload_policy=offload,
-            )
+        for root in _roots(state):
+            for module in [*self._targets(root), root]:  # children first, then the root
+                fully_shard(
+                    module,
+                    reshard_after_forward=self.reshard_after_forward,
+                    mp_policy=mp_policy,
+                    offload_policy=offload,
+                )
         params = dict(model.named_parameters())
-        optimizer = type(state.optimizer)(  # type: ignore[call-arg]
-            [{"params": [params[n] for n in group_names], **hp} for group_names, hp in groups]
-        )
-        rebind_scheduler(state.scheduler, optimizer)
+        phases = []
+        for phase in state.phases:
+            optimizer = type(phase.optimizer)(
+                [
+                    {"params": [params[n] for n in group_names], **hp}
+                    for group_names, hp in groups[phase.name]
+                ]
+            )
+            rebind_scheduler(phase.scheduler, optimizer)
+            phases.append(attrs.evolve(phase, optimizer=optimizer))
         return state.replace(
             strategy=joined(self, rank, world),
             device=device,
-            optimizer=optimizer,
+            phases=tuple(phases),
             wrapped=None,
             batch_dtype=true_dtype(self.precision),
         )
 
     def _targets(self, model: nn.Module) -> list[nn.Module]:
+        """The submodules of one sharded root that get their own `fully_shard` call."""
         if self.shard is None:
             return [m for m in model.children() if any(True for _ in m.parameters())]
         kinds = tuple(self.shard)
@@ -160,3 +173,16 @@ class FSDP:
 
     def eval_module(self, state: TrainState) -> nn.Module:
         return state.module
+
+
+def _roots(state: TrainState) -> list[nn.Module]:
+    """The modules sharded as roots: the model, or each part a named phase optimizes (a frozen
+    part stays whole on every process)."""
+    if not state.phases[0].name:
+        return [state.model]
+    roots: dict[int, nn.Module] = {}
+    for phase in state.phases:
+        for name in phase.optimizes:
+            part = state.model.get_submodule(name)
+            roots.setdefault(id(part), part)
+    return list(roots.values())

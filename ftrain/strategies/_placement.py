@@ -23,8 +23,9 @@ def place_on(
 
     The order matters: dtype first (so a ``*-true`` cast happens once, on the source device),
     then the move, then the optimizer's state follows the parameters. Parameters keep their
-    identity under ``.to()``, so the optimizer needs no rebuild. Last, ``placed.rewrap`` gives the
-    module the steps call (DDP's wrapper, a compiled module, or None for the model itself).
+    identity under ``.to()``, so the optimizers need no rebuild. Last, ``placed.rewrap`` gives the
+    module the steps call (DDP's wrapper, a compiled module, or None for the model itself); a
+    state with named phases is never wrapped.
 
     Args:
         state: the never-placed state (its model is moved in place).
@@ -34,11 +35,14 @@ def place_on(
     """
     apply_true_precision(state.model, precision)
     state.model.to(device)
-    move_optimizer_state(state.optimizer, device)
+    for phase in state.phases:
+        move_optimizer_state(phase.optimizer, device)
     return state.replace(
         strategy=placed,
         device=device,
-        wrapped=placed.rewrap(state.model),
+        # Named phases call their parts unwrapped (a wrapper's forward would be used by other
+        # phases too); each phase syncs its own gradients (`Strategy.sync_gradients`).
+        wrapped=None if state.phases[0].name else placed.rewrap(state.model),
         autocast_dtype=autocast_dtype(precision),
         batch_dtype=true_dtype(precision),
         scaler=make_scaler(precision, device),

@@ -142,9 +142,26 @@ def ema_run(out, mode):
             )
 
 
+def train_gan(out, mode):
+    """The GAN of tests/scripts/gan.py, one global batch of 16 split over the processes."""
+    import gan  # beside this script, which torchrun runs as a file
+
+    strategy = (ftrain.FSDP if "fsdp" in mode else ftrain.DDP)(timeout_s=60.0)
+    state = ftrain.place(gan.make_pair_gan(), strategy)
+    loader = gan.pair_loader(16 // state.world_size)
+    state, history = ftrain.fit(state, loader, max_epochs=2, log_every_n_steps=3)
+    params = full_state_dict(state)
+    if state.rank == 0:
+        torch.save(params, out + ".pt")
+        with open(out + ".json", "w") as f:
+            json.dump({"history": history, "step": state.step, "world": state.world_size}, f)
+
+
 def main():
     mode, out = sys.argv[1], sys.argv[2]
     torch.set_num_threads(1)
+    if mode.startswith("gan"):
+        return train_gan(out, mode)
     if mode == "ddp-eval":
         return evaluate_unevenly(out)
     if mode.startswith("ema"):

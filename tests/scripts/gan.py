@@ -202,3 +202,48 @@ def loader(n_batches, batch_size=16, seed=0):
     from torch.utils.data import DataLoader
 
     return DataLoader(images(n_batches * batch_size, seed), batch_size=batch_size)
+
+
+# ---------------------------------------------------------------- distributed
+
+
+def pair_loader(batch_size, n=96):
+    """(image, noise) pairs: the noise is part of the data, so one process with the global batch
+    and several processes with their shares of it draw the same noise."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(7)
+    noise = torch.randn(n, NZ, 1, 1, generator=g)
+    return DataLoader(TensorDataset(images(n, seed=3), noise), batch_size=batch_size)
+
+
+def _pair_d_loss(model, batch, ctx):
+    real, noise = batch
+    d = model["discriminator"]
+    fake = model["generator"](noise)
+    err_real = nn.functional.binary_cross_entropy(d(real), torch.ones(len(real)))
+    err_fake = nn.functional.binary_cross_entropy(d(fake.detach()), torch.zeros(len(real)))
+    return ftrain.Loss(err_real + err_fake, handoff={"fake": fake})
+
+
+def make_pair_gan(seed=0):
+    """A DCGAN without BatchNorm (per-process batch statistics would differ from one process's)
+    for the multi-process equivalence test."""
+    torch.manual_seed(seed)
+    g = nn.Sequential(
+        nn.ConvTranspose2d(NZ, 16, 4, 1, 0),
+        nn.ReLU(),
+        nn.ConvTranspose2d(16, 1, 4, 2, 1),
+        nn.Tanh(),
+    )
+    parts = {"generator": g, "discriminator": discriminator(norm=False)}
+    return ftrain.TrainState.create(
+        model=parts,
+        phases=[
+            ftrain.Phase(
+                "d", optimizes="discriminator", optimizer=adam(1e-3), loss_fn=_pair_d_loss
+            ),
+            ftrain.Phase("g", optimizes="generator", optimizer=adam(1e-3), loss_fn=g_loss),
+        ],
+        seed=seed,
+    )

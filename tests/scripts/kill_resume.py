@@ -24,7 +24,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def make_state():
+def _gan():
+    """tests/scripts/gan.py: a DCGAN with two phases and its noise generator in state.extras."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import gan
+
+    return gan
+
+
+def make_state(kind: str = "mlp"):
+    if kind == "gan":
+        return _gan().make_dcgan()
     import torch
     from torch import nn
 
@@ -42,7 +52,7 @@ def make_state():
     )
 
 
-def worker(directory: str, out: str, max_steps: int) -> None:
+def worker(directory: str, out: str, max_steps: int, kind: str = "mlp") -> None:
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -54,6 +64,8 @@ def worker(directory: str, out: str, max_steps: int) -> None:
     x = torch.randn(1024, 256, generator=g)
     y = torch.randint(0, 10, (1024,), generator=g)
     loader = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True)
+    if kind == "gan":
+        loader = _gan().loader(24)
     ckpt = Checkpoint(directory, every_n_steps=2, every_n_epochs=None, keep_last=2,
                       save_on_interrupt=False)  # fmt: skip
     ready = []
@@ -63,21 +75,25 @@ def worker(directory: str, out: str, max_steps: int) -> None:
             ready.append(print("ready", flush=True))
         return state
 
-    state, _ = ftrain.fit(make_state(), loader, [ftrain.on(ftrain.StepEnd, announce), ckpt],
+    state, _ = ftrain.fit(make_state(kind), loader, [ftrain.on(ftrain.StepEnd, announce), ckpt],
                           max_steps=max_steps, log_every_n_steps=2, resume=directory)  # fmt: skip
     if not ready:
         print("ready", flush=True)
     ftrain.save(state, out)
 
 
-def _spawn(directory: Path, out: Path, max_steps: int) -> subprocess.Popen[str]:
+def _spawn(directory: Path, out: Path, max_steps: int, kind: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, __file__, "worker", str(directory), str(out), str(max_steps)]
+    cmd = [sys.executable, __file__, "worker", str(directory), str(out), str(max_steps), kind]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def run(
-    kills: int, max_steps: int = 600, seed: int = 0, workdir: str | None = None
+    kills: int,
+    max_steps: int = 600,
+    seed: int = 0,
+    workdir: str | None = None,
+    kind: str = "mlp",
 ) -> dict[str, int]:
     """Do ``kills`` kill/resume cycles; return counts. Raises AssertionError on any mismatch."""
     import warnings
@@ -89,12 +105,12 @@ def run(
     base = Path(workdir or tempfile.mkdtemp(prefix="ftrain-kill-"))
     reference, ref_out = base / "reference", base / "reference.ckpt"
     killed, killed_dir, final = base / "killed", base / "killed.ckpt", None
-    done = _spawn(reference, ref_out, max_steps)
+    done = _spawn(reference, ref_out, max_steps, kind)
     _, err = done.communicate(timeout=600)
     assert done.returncode == 0, err[-2000:]
     counts = {"kills": 0, "mid_write": 0, "finished_before_kill": 0, "resumed_from_checkpoint": 0}
     while counts["kills"] < kills:
-        proc = _spawn(killed, killed_dir, max_steps)
+        proc = _spawn(killed, killed_dir, max_steps, kind)
         assert proc.stdout is not None
         proc.stdout.readline()  # "ready": imports are done, training starts now
         time.sleep(rng.uniform(0.0, 0.8))
@@ -113,28 +129,29 @@ def run(
             warnings.simplefilter("ignore")
             latest = ftrain.latest_checkpoint(killed) if killed.is_dir() else None
         if latest is not None:
-            ftrain.load(make_state(), latest)  # the newest good checkpoint always loads
+            ftrain.load(make_state(kind), latest)  # the newest good checkpoint always loads
             counts["resumed_from_checkpoint"] += 1
-    proc = _spawn(killed, killed_dir, max_steps)
+    proc = _spawn(killed, killed_dir, max_steps, kind)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-2000:]
-    final = ftrain.load(make_state(), killed_dir)
-    assert_states_equal(ftrain.load(make_state(), ref_out), final)
+    final = ftrain.load(make_state(kind), killed_dir)
+    assert_states_equal(ftrain.load(make_state(kind), ref_out), final)
     assert final.step == max_steps
     return counts
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "worker":
-        worker(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), *sys.argv[5:])
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kills", type=int, default=100)
     p.add_argument("--max-steps", type=int, default=600)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", choices=("mlp", "gan"), default="mlp")
     args = p.parse_args()
     t0 = time.time()
-    counts = run(args.kills, args.max_steps, args.seed)
+    counts = run(args.kills, args.max_steps, args.seed, kind=args.model)
     print(
         f"{counts} in {time.time() - t0:.0f} s: every resume finished identical to the "
         "uninterrupted run"
