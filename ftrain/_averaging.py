@@ -10,6 +10,10 @@ Evaluating on an average swaps it into the model in place (`using_weights`), run
 back: exact (copies, no arithmetic), one tensor of extra memory at a time, and every function
 that reads ``state.model`` (`eval_epoch`, `eval_step`, a prediction loop, ``state_dict()``) sees
 the averaged weights inside the block.
+
+Over 300 lines because the average, the two transforms that update it and the exchange that
+evaluates on it share one invariant (the average mirrors ``state.model.state_dict()`` entry for
+entry, on its placement), which reads best in one place.
 """
 
 from __future__ import annotations
