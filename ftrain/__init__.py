@@ -9,6 +9,10 @@ from importlib.metadata import PackageNotFoundError, version
 from . import callbacks as callbacks
 from . import strategies as strategies
 from . import testing as testing
+from ._averaging import WeightAverage as WeightAverage
+from ._averaging import using_weights as using_weights
+from ._averaging import with_ema as with_ema
+from ._averaging import with_swa as with_swa
 from ._batch import batch_size as batch_size
 from ._batch import move as move
 from ._callback import chain as chain
@@ -69,6 +73,7 @@ from ._typing import EpochAwareStep as EpochAwareStep
 from ._typing import LossFn as LossFn
 from ._typing import StepFn as StepFn
 from ._typing import Strategy as Strategy
+from ._update_bn import update_bn as update_bn
 from .strategies import DDP as DDP
 from .strategies import FSDP as FSDP
 from .strategies import SingleDevice as SingleDevice
@@ -113,6 +118,7 @@ __all__ = (
     "Strategy",
     "TrainState",
     "Unplaced",
+    "WeightAverage",
     "__version__",
     "apply_gradients",
     "as_step",
@@ -144,8 +150,12 @@ __all__ = (
     "testing",
     "train_epoch",
     "train_step",
+    "update_bn",
+    "using_weights",
     "when",
     "with_accumulation",
+    "with_ema",
     "with_grad_clip",
     "with_skip_nonfinite",
+    "with_swa",
 )

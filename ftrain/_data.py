@@ -133,6 +133,8 @@ def prepare_loader(
 def _prepare(state: TrainState, loader: Iterable[Any], train: bool) -> Any:
     if not isinstance(loader, DataLoader) or isinstance(loader.sampler, EpochSampler):
         return loader
+    if callable(getattr(loader, "state_dict", None)):  # it keeps its own order and position
+        return _kept(state, loader)
     sampler = loader.sampler
     if isinstance(sampler, DistributedSampler):
         return loader
@@ -213,11 +215,15 @@ def _rebuild(loader: DataLoader[Any], sampler: EpochSampler, pin: bool) -> DataL
     return DataLoader(dataset, **kwargs)
 
 
-def start_epoch(loader: Any, state: TrainState) -> tuple[Iterator[Any], int | None]:
+def start_epoch(
+    loader: Any, state: TrainState, *, positioned: bool = False
+) -> tuple[Iterator[Any], int | None]:
     """Iterate ``loader`` for ``state``'s epoch, starting after ``state.epoch_batch`` batches.
 
     With an `EpochSampler` the skip happens at the sampler's indices (skipped batches are never
-    loaded). Other loaders are iterated and the first batches dropped, with a warning once.
+    loaded). A ``positioned`` loader (one that keeps its own position, restored by
+    `attach_loader`) continues where it stands. Other loaders are iterated and the first batches
+    dropped, with a warning once.
 
     Returns:
         ``(iterator, batches)``: ``batches`` is the length of the whole epoch (skipped batches
@@ -237,7 +243,7 @@ def start_epoch(loader: Any, state: TrainState) -> tuple[Iterator[Any], int | No
         sampler.set_epoch(state.epoch)
     total = num_batches(loader)
     it = iter(loader)
-    if state.epoch_batch:
+    if state.epoch_batch and not positioned:
         if _first_time(_warned_skip, loader):
             warnings.warn(
                 f"Resuming mid-epoch on a loader ftrain cannot reorder ({type(loader).__name__}); "

@@ -14,12 +14,14 @@ from typing import Any
 
 import torch
 
+from ._averaging import using_weights
 from ._batch import batch_size
 from ._callback import chain
 from ._collectives import agree_on_batches, reducer
 from ._data import prepare_loader, start_epoch
 from ._errors import check_int, check_type
 from ._events import EpochEnd, EpochStart, Event, Interrupted, IntervalEnd, StepEnd
+from ._loader_state import attach_loader
 from ._metrics import MeanAccumulator, check_finite, means, merge_sums
 from ._outputs import UNSET
 from ._schedulers import step_epoch_scheduler
@@ -85,7 +87,8 @@ def train_epoch(
     cb = chain(*callbacks) if callbacks else None  # none: no per-step event dispatch at all
     loader = prepare_loader(state, loader)
     reduce_sum = reducer(state)
-    batches, total = start_epoch(loader, state)
+    state, positioned = attach_loader(state, loader)
+    batches, total = start_epoch(loader, state, positioned=positioned)
     if total is not None and max_batches is not None:
         total = min(total, max_batches)
     if reduce_sum is not None and total is not None:
@@ -167,6 +170,7 @@ def eval_epoch(
     *,
     max_batches: int | None = None,
     prefix: str = "",
+    weights: str = "model",
 ) -> dict[str, float]:
     """Measure ``loss_fn`` over ``loader`` in eval mode, without gradients.
 
@@ -178,6 +182,8 @@ def eval_epoch(
         loader: a DataLoader or any iterable of batches.
         max_batches: evaluate at most this many batches.
         prefix: prepended to every key, e.g. ``"val_"``.
+        weights: ``"model"`` (the weights being trained) or the name of an average in
+            ``state.averages`` (``"ema"`` from `with_ema`), swapped in for the evaluation.
 
     Returns:
         Sample-weighted means as floats, e.g. ``{"loss": 0.31, "acc": 0.9}``.
@@ -195,7 +201,7 @@ def eval_epoch(
     loader = prepare_loader(state, loader, train=False)
     acc = MeanAccumulator(state.step)
     reduce_sum = reducer(state)
-    with eval_mode(state.model):
+    with using_weights(state, weights), eval_mode(state.model):
         batches, total = start_epoch(loader, set_progress(state, epoch_batch=0))
         if total is not None and max_batches is not None:
             total = min(total, max_batches)

@@ -12,7 +12,7 @@ from ._checkpoint import latest_checkpoint, load
 from ._data import prepare_loader
 from ._epoch import eval_epoch, train_epoch
 from ._errors import check_int
-from ._events import EvalEnd, FitEnd, FitStart, Interrupted, StepEnd
+from ._events import EpochEnd, EvalEnd, FitEnd, FitStart, Interrupted, StepEnd
 from ._schedulers import step_scheduler
 from ._signals import catch_signals
 from ._state import TrainState, check_live, set_progress
@@ -32,6 +32,7 @@ def fit(
     step_fn: StepFn = train_step,
     val_every_n_epochs: int = 1,
     val_every_n_steps: int | None = None,
+    val_weights: str | Sequence[str] = "model",
     limit_train_batches: int | None = None,
     limit_val_batches: int | None = None,
     log_every_n_steps: int = 50,
@@ -54,6 +55,9 @@ def fit(
         step_fn: the training step, e.g. ``with_grad_clip(train_step, max_norm=1.0)``.
         val_every_n_epochs: validate after every n-th epoch.
         val_every_n_steps: also validate every n optimizer steps.
+        val_weights: the weights to validate: ``"model"`` (keys ``val_*``), the name of an
+            average in ``state.averages`` (``"ema"``: keys ``val_ema_*``), or several, e.g.
+            ``("model", "ema")``. An average not made yet (SWA before its start) is skipped.
         limit_train_batches: training batches per epoch, for quick runs.
         limit_val_batches: validation batches per validation, for quick runs.
         log_every_n_steps: the log interval (one host sync per interval).
@@ -69,6 +73,8 @@ def fit(
         ``(new_state, history)``: one dict per finished epoch with ``epoch``, ``step``,
         ``train_*``, ``lr``, ``epoch_time``, ``samples_per_sec`` and ``val_*`` when it was
         validated; step-interval validations add rows with ``epoch``, ``step`` and ``val_*``.
+        The history is the whole run's: it is kept in ``state.history`` (and checkpoints), so
+        a resumed or continued `fit` returns the rows of the earlier calls too.
 
     Raises:
         TypeError: an argument has the wrong type.
@@ -84,6 +90,7 @@ def fit(
     """
     check_live(state, "fit")
     _check_limits(max_epochs, max_steps, val_every_n_epochs, val_every_n_steps)
+    weights = _check_weights(val_weights)
     if resume is not None:
         state = _resume(state, resume)
     train, val = _split_loaders(loaders)
@@ -91,21 +98,21 @@ def fit(
     val = None if val is None else prepare_loader(state, val, train=False)
     user_cb = chain(*check_callbacks(callbacks, "fit"))
     check_memory(state, user_cb)
-    history: list[dict[str, Any]] = []
     mid_epoch_val = val is not None and val_every_n_steps is not None
 
     def after_step(state: TrainState, event: StepEnd) -> TrainState:
         # What fit adds after a step: validation every n steps (a history row of its own) and
         # stopping on a signal.
         if mid_epoch_val and event.step % val_every_n_steps == 0:  # type: ignore[operator]
-            state, metrics = _validate(state, val, state.epoch, user_cb, limit_val_batches)
-            history.append({"epoch": state.epoch, "step": state.step, **metrics})
+            state = _validate(state, val, state.epoch, user_cb, limit_val_batches, weights)
         return set_progress(state, should_stop=True) if signalled else state
 
     # With nothing to call, train_epoch gets no callbacks and skips per-step event dispatch.
     epoch_callbacks = [user_cb] if callbacks else []
     if mid_epoch_val or stop_signals:
         epoch_callbacks.append(on(StepEnd, after_step))
+    if epoch_callbacks:  # the epoch's row is in the state before a callback saves it
+        epoch_callbacks.insert(0, on(EpochEnd, _add_epoch_row))
     epoch_callback = (chain(*epoch_callbacks),) if epoch_callbacks else ()
     start = FitStart(
         step=state.step,
@@ -130,17 +137,24 @@ def fit(
             )
             if state.epoch == epoch:  # stopped inside the epoch (max_steps, a callback, a signal)
                 break
-            row: dict[str, Any] = {"epoch": epoch, "step": state.step, **logs}
+            if not epoch_callbacks:
+                state = _add_row(state, {"epoch": epoch, "step": state.step, **logs})
             if val is not None and state.epoch % val_every_n_epochs == 0:
-                state, metrics = _validate(state, val, epoch, user_cb, limit_val_batches, row)
-                row.update(metrics)
+                state = _validate(state, val, epoch, user_cb, limit_val_batches, weights)
             elif val is None:
-                state = step_scheduler(state, row)
-            history.append(row)
+                state = step_scheduler(state, state.history[-1])
     if signalled:
         state = user_cb(state, Interrupted(step=state.step, epoch=state.epoch, reason="signal"))
-    state = user_cb(state, FitEnd(step=state.step, epoch=state.epoch, history=tuple(history)))
-    return state, history
+    state = user_cb(state, FitEnd(step=state.step, epoch=state.epoch, history=state.history))
+    return state, [dict(row) for row in state.history]
+
+
+def _add_row(state: TrainState, row: dict[str, Any]) -> TrainState:
+    return set_progress(state, history=(*state.history, row))
+
+
+def _add_epoch_row(state: TrainState, event: EpochEnd) -> TrainState:
+    return _add_row(state, {"epoch": event.epoch, "step": event.step, **event.metrics})
 
 
 def _validate(
@@ -149,12 +163,24 @@ def _validate(
     epoch: int,
     user_cb: Callback,
     max_batches: int | None,
-    train_logs: Mapping[str, Any] | None = None,
-) -> tuple[TrainState, dict[str, float]]:
-    metrics = eval_epoch(state, val, max_batches=max_batches, prefix="val_")
-    if train_logs is not None:  # an epoch-end validation drives ReduceLROnPlateau
-        state = step_scheduler(state, {**train_logs, **metrics})
-    return user_cb(state, EvalEnd(step=state.step, epoch=epoch, metrics=metrics)), metrics
+    weights: tuple[str, ...],
+) -> TrainState:
+    """Validate on every one of ``weights``, record the metrics in the history (the epoch's row
+    at an epoch's end, a row of their own mid-epoch), then emit `EvalEnd`."""
+    metrics: dict[str, float] = {}
+    for name in weights:
+        if name == "model" or name in state.averages:
+            prefix = "val_" if name == "model" else f"val_{name}_"
+            metrics.update(
+                eval_epoch(state, val, max_batches=max_batches, prefix=prefix, weights=name)
+            )
+    if state.epoch_batch == 0:  # an epoch-end validation drives a metric-driven scheduler
+        *earlier, row = state.history
+        row = {**row, **metrics}
+        state = step_scheduler(set_progress(state, history=(*earlier, row)), row)
+    else:
+        state = _add_row(state, {"epoch": epoch, "step": state.step, **metrics})
+    return user_cb(state, EvalEnd(step=state.step, epoch=epoch, metrics=metrics))
 
 
 def _done(state: TrainState, max_epochs: int | None, max_steps: int | None) -> bool:
@@ -178,6 +204,17 @@ def _check_limits(
     check_int("max_steps", max_steps, optional=True)
     check_int("val_every_n_epochs", val_every_n_epochs, minimum=1)
     check_int("val_every_n_steps", val_every_n_steps, minimum=1, optional=True)
+
+
+def _check_weights(val_weights: str | Sequence[str]) -> tuple[str, ...]:
+    names = (val_weights,) if isinstance(val_weights, str) else tuple(val_weights)
+    if not names or not all(isinstance(n, str) for n in names):
+        msg = (
+            "`val_weights` must be 'model', the name of an average (e.g. 'ema') or a sequence "
+            f"of those (got {val_weights!r})."
+        )
+        raise TypeError(msg)
+    return names
 
 
 def _resume(state: TrainState, resume: str | os.PathLike[str]) -> TrainState:

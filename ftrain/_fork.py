@@ -15,7 +15,7 @@ __all__ = ["fork"]
 
 def fork(state: TrainState) -> TrainState:
     """Return an independent deep copy of ``state``: model, optimizers, schedulers, scaler, memory,
-    extras and carry.
+    extras, carry and averaged weights.
 
     The copy and the original can be trained separately; neither consumes the other. Use it to
     keep a snapshot before a step (``before = fork(state)``) or to branch an experiment.
@@ -42,7 +42,7 @@ def fork(state: TrainState) -> TrainState:
         )
         raise PlacementError(msg)
     memo: dict[int, Any] = {}
-    model, phases, scaler, cb_state, extras, carry = copy.deepcopy(
+    model, phases, scaler, cb_state, extras, carry, averages = copy.deepcopy(
         (
             state.model,
             state.phases,
@@ -50,6 +50,7 @@ def fork(state: TrainState) -> TrainState:
             dict(state.callback_state),
             dict(state.extras),
             state.carry,
+            dict(state.averages),
         ),
         memo,
     )
@@ -65,6 +66,7 @@ def fork(state: TrainState) -> TrainState:
         callback_state=cb_state,
         extras=extras,
         carry=carry,
+        averages=averages,  # type: ignore[arg-type]
         wrapped=wrapped,
         _lineage=Lineage(),
         _version=0,

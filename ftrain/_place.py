@@ -46,6 +46,13 @@ def place(state: TrainState, strategy: Strategy | str | torch.device = "auto") -
             "freshly placed state)."
         )
         raise PlacementError(msg)
+    if state.averages:
+        msg = (
+            f"`state` holds averaged weights ({', '.join(sorted(state.averages))}), which would "
+            "stay where they are while `place` moves the model. Place the state first, then "
+            "`load` a checkpoint into it (averages are made on the placed model by the step)."
+        )
+        raise PlacementError(msg)
     if isinstance(strategy, str | torch.device):
         strategy = SingleDevice(device=strategy)
     if not isinstance(strategy, Strategy):

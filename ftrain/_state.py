@@ -9,7 +9,7 @@ belong together: the lineage invariant they share is only readable in one place.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import torch
@@ -23,6 +23,9 @@ from ._phases import Phase
 from ._state_checks import model_device
 from ._typing import LossFn, Strategy
 from .strategies._unplaced import Unplaced
+
+if TYPE_CHECKING:
+    from ._averaging import WeightAverage
 
 __all__ = ["Lineage", "TrainState", "advance", "check_live", "set_progress"]
 
@@ -137,6 +140,19 @@ class TrainState:
     interval (so a mid-epoch checkpoint resumes the epoch's averages)."""
     should_stop: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     """Set by a callback to ask `fit` to stop after the current event."""
+    history: tuple[Mapping[str, Any], ...] = attrs.field(default=(), converter=tuple)
+    """The rows `fit` has returned in this run so far (one per epoch, one per step-interval
+    validation); checkpointed, so a resumed `fit` returns the whole run's history."""
+    averages: Mapping[str, WeightAverage] = attrs.field(factory=dict, converter=dict)
+    """Averaged copies of the weights by name (`ftrain.with_ema`, `ftrain.with_swa`), on the
+    model's placement; updated in place like the optimizer, and checkpointed."""
+    train_loader: Any = attrs.field(default=None)
+    """The object that keeps the train loader's position (a loader or an iterable dataset with
+    ``state_dict()``), recorded by `train_epoch` so `save` can store its position. The object
+    itself is never checkpointed."""
+    loader_state: Any = attrs.field(default=None)
+    """A train loader position read by `load`, handed to the loader's ``load_state_dict`` by the
+    next `train_epoch`; None when there is none to restore."""
     _lineage: Lineage = attrs.field(factory=Lineage, alias="_lineage")
     _version: int = attrs.field(default=0, alias="_version")
 

@@ -224,6 +224,17 @@ def assert_states_equal(a: TrainState, b: TrainState) -> None:
         for k in set(a.extras) | set(b.extras)
         if not _same(a.extras.get(k), b.extras.get(k))
     ]
+    if set(a.averages) != set(b.averages):
+        diff.append(f"averages ({sorted(a.averages)} vs {sorted(b.averages)})")
+    for name in set(a.averages) & set(b.averages):
+        ta, tb = a.averages[name], b.averages[name]
+        if ta.count != tb.count:
+            diff.append(f"averages[{name!r}].count")
+        diff += [
+            f"averages[{name!r}].{k}"
+            for k in ta.tensors
+            if not torch.equal(ta.tensors[k], tb.tensors[k])
+        ]
     if diff:
         msg = f"states differ in: {', '.join(diff[:10])}."
         raise AssertionError(msg)
@@ -254,9 +265,10 @@ def assert_resume_equivalent(
 ) -> TrainState:
     """Assert N steps straight equal k steps, `save`, `load` into a fresh state, N − k steps.
 
-    Compares every parameter, buffer and optimizer tensor bit for bit (`torch.equal`), the
-    counters, and the history `fit` returned (timings aside; float logs to 1e-12 relative, since
-    an epoch's sums are added in another order across the split).
+    Compares every parameter, buffer, optimizer and averaged-weight tensor bit for bit
+    (`torch.equal`), the counters, and the history `fit` returned: the resumed `fit` returns the
+    whole run's (timings aside; float logs to 1e-12 relative, since an epoch's sums are added in
+    another order across the split).
 
     Args:
         make_state: builds a fresh (unplaced or placed) state; called three times.
@@ -271,12 +283,11 @@ def assert_resume_equivalent(
         The resumed run's final state.
     """
     straight, history = fit(make_state(), loaders, callbacks(), max_steps=max_steps, **fit_kwargs)
-    first, part1 = fit(make_state(), loaders, callbacks(), max_steps=resume_at, **fit_kwargs)
+    first, _ = fit(make_state(), loaders, callbacks(), max_steps=resume_at, **fit_kwargs)
     save(first, path)
     resumed = load(make_state(), path)
-    resumed, part2 = fit(resumed, loaders, callbacks(), max_steps=max_steps, **fit_kwargs)
+    resumed, joined = fit(resumed, loaders, callbacks(), max_steps=max_steps, **fit_kwargs)
     assert_states_equal(straight, resumed)
-    joined = part1 + part2
     if len(joined) != len(history):
         msg = f"history has {len(history)} rows straight but {len(joined)} resumed."
         raise AssertionError(msg)

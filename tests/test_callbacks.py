@@ -268,3 +268,36 @@ def test_checkpoint_and_early_stopping_infer_the_same_mode():
         assert Checkpoint("d", monitor=monitor).mode == mode
         if monitor is not None:
             assert EarlyStopping(monitor=monitor).resolved_mode == mode
+
+
+def test_checkpoint_saves_the_final_state_of_a_fit_ending_mid_epoch_at_max_steps(tmp_path):
+    train, _ = make_loaders()  # 6 batches per epoch
+    ckpt = Checkpoint(tmp_path, every_n_steps=4)
+    state, _ = ftrain.fit(make_classifier(), train, [ckpt], max_steps=9, log_every_n_steps=2)
+    assert ckpt.last_path(state) == tmp_path / "step-000000009.ckpt"
+    assert ftrain.latest_checkpoint(tmp_path) == ckpt.last_path(state)
+    restored = ftrain.load(make_classifier(), ckpt.last_path(state))
+    assert (restored.step, restored.epoch, restored.epoch_batch) == (9, 1, 3)
+    ftrain.testing.assert_states_equal(state, restored)
+
+
+def test_checkpoint_writes_no_extra_file_when_the_final_state_is_saved(tmp_path):
+    train, _ = make_loaders()
+    ckpt = Checkpoint(tmp_path, keep_last=5)
+    ftrain.fit(make_classifier(), train, [ckpt], max_epochs=2)
+    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == [
+        "step-000000006.ckpt",
+        "step-000000012.ckpt",
+    ]
+
+
+def test_the_best_checkpoint_path_is_public_and_survives_a_resume(tmp_path):
+    train, val = make_loaders()
+    ckpt = Checkpoint(tmp_path, monitor="val_loss", keep_last=1)
+    state, history = ftrain.fit(make_classifier(), (train, val), [ckpt], max_epochs=3)
+    best_epoch = min(history, key=lambda r: r["val_loss"])
+    assert ckpt.best_path(state) == tmp_path / f"step-{best_epoch['step']:09d}.ckpt"
+    assert ckpt.best_path(state).exists()
+    resumed = ftrain.load(make_classifier(), ckpt.last_path(state))
+    assert ckpt.best_path(resumed) == ckpt.best_path(state)
+    assert Checkpoint(tmp_path).best_path(make_classifier()) is None

@@ -277,3 +277,29 @@ def test_predict_on_two_processes_returns_what_one_returns_in_dataset_order(tmp_
     assert torch.equal(got["labels"], torch.arange(21))  # dataset order, padding dropped
     assert [len(b) for b in got["per_batch"]] == [4, 4, 4, 4, 4, 1]
     torch.testing.assert_close(torch.cat(got["per_batch"]), want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("mode", ["ema-ddp", "ema-fsdp"])
+def test_ema_on_two_processes_equals_one_and_resumes_exactly(tmp_path, mode):
+    proc = torchrun(mode, tmp_path / mode, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / f"{mode}.json").read_text())
+    assert result["exact"] and result["count"] == 18  # the resumed run equals the straight one
+    train, val = dist_worker.make_loaders(16)
+    state, history = ftrain.fit(
+        dist_worker.make_state(),
+        (train, val),
+        max_epochs=3,
+        step_fn=ftrain.with_ema(decay=0.9),
+        val_weights=("model", "ema"),
+        log_every_n_steps=3,
+    )
+    ema = torch.load(tmp_path / f"{mode}.pt", weights_only=True)
+    for k, v in state.averages["ema"].tensors.items():
+        torch.testing.assert_close(ema[k], v, rtol=0, atol=1e-5)
+    for rows in (result["history"], result["resumed_history"]):
+        assert len(rows) == 3
+        for got, want in zip(rows, history, strict=True):
+            for k in ("val_loss", "val_ema_loss", "train_loss"):
+                assert got[k] == pytest.approx(want[k], rel=1e-5, abs=1e-6), k

@@ -54,6 +54,19 @@ def test_mnist_example_trains_and_writes_its_logs(tmp_path):
 
 
 @pytest.mark.timeout(300)
+def test_mnist_example_validates_on_the_ema_weights_too(tmp_path):
+    out = _run(
+        "mnist.py", "--epochs", "2", "--limit-batches", "10", "--ema", "0.9", "--device", "cpu",
+        "--out", str(tmp_path), "--no-progress",
+    )  # fmt: skip
+    match = re.search(r"val_acc (\d\.\d+) .*; val_ema_acc (\d\.\d+)", out)
+    assert match, out
+    assert float(match.group(2)) > 0.3
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").read_text().splitlines()))
+    assert {"val_acc", "val_ema_acc"} <= set(rows[0])
+
+
+@pytest.mark.timeout(300)
 def test_custom_loop_example_trains_and_reports_accuracy():
     out = _run("custom_loop.py", "--epochs", "2", "--limit-batches", "10")
     assert re.search(r"custom loop: 20 steps .* val_acc \d\.\d+", out), out

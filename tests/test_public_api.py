@@ -8,12 +8,13 @@ TOP_LEVEL = [
     "Event", "FSDP", "FitEnd", "FitStart", "FtrainError", "Inference", "Interrupted",
     "IntervalEnd", "Loss", "LossFn", "NonFiniteError", "Phase", "PlacementError", "SingleDevice",
     "StaleStateError", "Step", "StepContext", "StepEnd", "StepFn", "Strategy", "TrainState",
-    "Unplaced", "__version__", "apply_gradients", "as_step", "batch_size", "callbacks", "chain",
-    "checkpoint_record", "end_step", "eval_epoch", "eval_step", "every", "fit", "fork",
-    "forward_backward", "inference", "latest_checkpoint", "load", "move", "on", "place",
-    "plot_history", "predict", "prepare_loader", "read_checkpoint", "save", "step_scheduler",
-    "strategies", "supervised", "testing", "train_epoch", "train_step", "when",
-    "with_accumulation", "with_grad_clip", "with_skip_nonfinite",
+    "Unplaced", "WeightAverage", "__version__", "apply_gradients", "as_step", "batch_size",
+    "callbacks", "chain", "checkpoint_record", "end_step", "eval_epoch", "eval_step", "every",
+    "fit", "fork", "forward_backward", "inference", "latest_checkpoint", "load", "move", "on",
+    "place", "plot_history", "predict", "prepare_loader", "read_checkpoint", "save",
+    "step_scheduler", "strategies", "supervised", "testing", "train_epoch", "train_step",
+    "update_bn", "using_weights", "when", "with_accumulation", "with_ema", "with_grad_clip",
+    "with_skip_nonfinite", "with_swa",
 ]  # fmt: skip
 
 CALLBACKS = [

@@ -31,6 +31,7 @@ from ._rundir import (
     read_verified,
     remove_leftovers,
 )
+from ._runstate import restore_runstate, runstate_record
 from ._sharded import load_sharded, save_sharded
 from ._tensors import load_full, nonfinite_parameters, state_dicts
 
@@ -88,8 +89,11 @@ def save(state: TrainState, path: str | os.PathLike[str]) -> Path:
         )
         raise NonFiniteError(msg)
     record = state_record(state)  # first: a value it refuses is refused on every rank
-    if state.strategy.sharded_checkpoint:
-        return save_sharded(state, target, record)
+    sharded = state.strategy.sharded_checkpoint
+    run_record, average_shards = runstate_record(state, full=not sharded)
+    record.update(run_record)
+    if sharded:
+        return save_sharded(state, target, record, averages=average_shards)
     record["model"], record["optimizers"] = state_dicts(state, full=True)  # FSDP: a collective
     if state.rank == 0:
         write_file(target, record)
@@ -152,8 +156,9 @@ def load(
                 "the template the way the saved run was built."
             )
             raise CheckpointError(msg)
+    run_changes, average_shards = restore_runstate(state, data, str(path))
     if source.is_dir():
-        load_sharded(state, source, data)
+        load_sharded(state, source, data, averages=average_shards)
     else:
         groups = {name: sd["param_groups"] for name, sd in data["optimizers"].items()}
         check_matches(state, source, shapes(data["model"]), groups, data["kinds"])
@@ -178,6 +183,7 @@ def load(
         epoch_totals={k: (float(s), float(n)) for k, (s, n) in meta["epoch_totals"].items()},
         callback_state=callback_state,
         should_stop=False,
+        **run_changes,
     )
 
 
@@ -197,6 +203,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
       ``"kinds"``: the class names of every phase's optimizer and scheduler;
     - ``"callback_state"`` and ``"extras"``: the run state, registered records rebuilt as their
       classes and generators as generators; ``"carry"``: every process's carried value.
+    - ``"history"``: the rows `fit` returned in the run so far;
+    - ``"averages"``: each average's ``kind``, ``count`` and (in a file) ``tensors``;
+    - ``"loader"``: the train loader's position of every rank, or None.
 
     Raises:
         CheckpointError: the file is missing, truncated, corrupt, not an ftrain checkpoint, from
@@ -215,4 +224,5 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     data = read_verified(Path(path))
     data["callback_state"] = decode(data["callback_state"], "callback_state")
     data["extras"] = decode(data["extras"], "extras")
+    data["history"] = decode(data.get("history", []), "history")
     return data

@@ -46,8 +46,15 @@ SHARDED_FORMAT = "ftrain-sharded"
 SHARDED_VERSION = 1
 
 
-def save_sharded(state: TrainState, target: Path, record: dict[str, Any]) -> Path:
-    """Every rank writes its shards; rank 0 adds the tensor-free ``record`` and commits."""
+def save_sharded(
+    state: TrainState,
+    target: Path,
+    record: dict[str, Any],
+    *,
+    averages: dict[str, Any] | None = None,
+) -> Path:
+    """Every rank writes its shards (and those of the averaged weights, ``averages``); rank 0
+    adds the tensor-free ``record`` and commits."""
     import torch.distributed as dist
     from torch.distributed.checkpoint.filesystem import FileSystemWriter
     from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
@@ -64,6 +71,8 @@ def save_sharded(state: TrainState, target: Path, record: dict[str, Any]) -> Pat
     with_state = sorted(name for name, sd in optims.items() if sd["state"])
     if with_state:
         content["optimizer_state"] = {_key(n): optims[n]["state"] for n in with_state}
+    if averages:
+        content["averages"] = averages
     with _single_process_intended():
         dcp_save(content, storage_writer=FileSystemWriter(tmp))  # every rank's shards, .metadata
     _collect_dcp_garbage()
@@ -89,8 +98,15 @@ def save_sharded(state: TrainState, target: Path, record: dict[str, Any]) -> Pat
     return target
 
 
-def load_sharded(state: TrainState, directory: Path, data: dict[str, Any]) -> None:
-    """Load the shards of ``directory`` (whose record is ``data``) into ``state``'s objects.
+def load_sharded(
+    state: TrainState,
+    directory: Path,
+    data: dict[str, Any],
+    *,
+    averages: dict[str, Any] | None = None,
+) -> None:
+    """Load the shards of ``directory`` (whose record is ``data``) into ``state``'s objects,
+    and into the tensors of ``averages`` (the averaged weights, filled in place).
 
     Each process reads the parts of the shards it holds (torch.distributed.checkpoint reshards).
     """
@@ -120,6 +136,8 @@ def load_sharded(state: TrainState, directory: Path, data: dict[str, Any]) -> No
     content: dict[str, Any] = {"model": model_sd}
     if with_state:
         content["optimizer_state"] = {_key(n): optim_sds[n][0]["state"] for n in with_state}
+    if averages:
+        content["averages"] = averages
     try:
         with _single_process_intended():
             dcp_load(content, storage_reader=safe_reader(directory), planner=safe_planner())

@@ -20,7 +20,7 @@ from .._checkpoint import (
     save,
 )
 from .._errors import FtrainError, check_int, check_type
-from .._events import EpochEnd, EvalEnd, Event, FitStart, Interrupted, IntervalEnd
+from .._events import EpochEnd, EvalEnd, Event, FitEnd, FitStart, Interrupted, IntervalEnd
 from .._state import TrainState
 from ._mode import resolve_mode
 
@@ -31,11 +31,14 @@ __all__ = ["Checkpoint", "CheckpointState"]
 @attrs.frozen
 class CheckpointState:
     """Checkpoint's memory: the retained best files as ``(value, name)``, best first, the last
-    file written, and how often the current `fit` validates (from its `FitStart`)."""
+    file written, and how often the current `fit` validates and where it ends (from its
+    `FitStart`). Read the paths with `Checkpoint.best_path` and `Checkpoint.last_path`."""
 
     best: tuple[tuple[float, str], ...] = ()
     last: str | None = None
     val_every_n_epochs: int | None = None
+    limits: tuple[int | None, int | None] = (None, None)
+    """``(max_epochs, max_steps)`` of the current `fit`."""
 
 
 class Checkpoint:
@@ -43,9 +46,15 @@ class Checkpoint:
 
     Saves happen at points where the state is complete, so resuming from any of them repeats the
     uninterrupted run: every ``every_n_steps`` optimizer steps at the log interval's end
-    (``every_n_steps`` must be a multiple of `fit`'s ``log_every_n_steps``), and after every
-    ``every_n_epochs`` epochs (after validation when that epoch is validated). Put `Checkpoint`
-    last in the callbacks list, so the memory of the callbacks before it is in the file.
+    (``every_n_steps`` must be a multiple of `fit`'s ``log_every_n_steps``), after every
+    ``every_n_epochs`` epochs (after validation when that epoch is validated), and at the end
+    of a `fit` that reached its ``max_epochs`` or ``max_steps`` when that state is not saved yet
+    (a run ending mid-epoch at ``max_steps`` leaves its final state). Put `Checkpoint` last in
+    the callbacks list, so the memory of the callbacks before it is in the file.
+
+    The files kept are found from the state: ``Checkpoint.best_path(state)`` (the best by
+    ``monitor``) and ``Checkpoint.last_path(state)`` (the newest written), as the memory
+    travels with the state and its checkpoints.
 
     Old files are deleted only after the new one is committed (written, fsynced, renamed), and
     leftover temporary files of interrupted writes are removed when `fit` starts.
@@ -98,9 +107,13 @@ class Checkpoint:
         if isinstance(event, FitStart):
             self._start(event)
             memory = self._memory(state)
-            if memory.val_every_n_epochs != event.val_every_n_epochs:
-                memory = attrs.evolve(memory, val_every_n_epochs=event.val_every_n_epochs)
-                return state.replace(callback_state={**state.callback_state, self.name: memory})
+            fit_memory = attrs.evolve(
+                memory,
+                val_every_n_epochs=event.val_every_n_epochs,
+                limits=(event.max_epochs, event.max_steps),
+            )
+            if fit_memory != memory:
+                return state.replace(callback_state={**state.callback_state, self.name: fit_memory})
         elif isinstance(event, IntervalEnd):
             if self.every_n_steps and event.step % self.every_n_steps == 0:
                 return self.save(state, event.metrics)
@@ -111,6 +124,11 @@ class Checkpoint:
             at_epoch_end = state.epoch_batch == 0 and state.epoch == event.epoch + 1
             if at_epoch_end and self._epoch_due(event.epoch):
                 return self.save(state, event.metrics)
+        elif isinstance(event, FitEnd):
+            if self._reached_limit(state) and self._memory(state).last != checkpoint_name(
+                state.step
+            ):
+                return self.save(state, {})
         elif isinstance(event, Interrupted) and self.save_on_interrupt:
             try:
                 return self.save(state, {})
@@ -133,6 +151,32 @@ class Checkpoint:
         if state.rank == 0:
             self._retain(memory)  # ... then delete what is no longer kept
         return state
+
+    def best_path(self, state: TrainState) -> Path | None:
+        """The path of the best checkpoint kept (by ``monitor``) in ``state``'s run, or None.
+
+        Example:
+            >>> import tempfile, ftrain
+            >>> from ftrain.callbacks import Checkpoint
+            >>> batches = [ftrain.testing.toy_batch(seed=i) for i in range(4)]
+            >>> ckpt = Checkpoint(tempfile.mkdtemp(), monitor="val_loss")
+            >>> state, _ = ftrain.fit(ftrain.testing.toy_state(), (batches, batches), [ckpt],
+            ...                       max_epochs=3)
+            >>> best = ftrain.load(ftrain.testing.toy_state(), ckpt.best_path(state))
+        """
+        best = self._memory(state).best
+        return self.dirpath / best[0][1] if best else None
+
+    def last_path(self, state: TrainState) -> Path | None:
+        """The path of the newest checkpoint written in ``state``'s run, or None."""
+        last = self._memory(state).last
+        return None if last is None else self.dirpath / last
+
+    def _reached_limit(self, state: TrainState) -> bool:
+        max_epochs, max_steps = self._memory(state).limits
+        return (max_epochs is not None and state.epoch >= max_epochs) or (
+            max_steps is not None and state.step >= max_steps
+        )
 
     def _start(self, event: FitStart) -> None:
         if self.every_n_steps and self.every_n_steps % event.log_every_n_steps:

@@ -191,6 +191,55 @@ def full_state_dict(state):
     return out
 
 
+def averaged(state, name="ema"):
+    """The average's whole tensors (gathered from their shards under FSDP)."""
+    tensors = state.averages[name].tensors
+    return {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in tensors.items()}
+
+
+def ema_run(out, mode):
+    """EMA under DDP/FSDP: a straight run, and one cut at step 9 and resumed from its checkpoint
+    (a shard directory under FSDP) in fresh states: the two must be equal bit for bit."""
+    strategy = ftrain.FSDP if "fsdp" in mode else ftrain.DDP
+
+    def run(**kwargs):
+        state = ftrain.place(make_state(), strategy(timeout_s=60.0))
+        train, val = make_loaders(16 // state.world_size)
+        return ftrain.fit(
+            state,
+            (train, val),
+            step_fn=ftrain.with_ema(decay=0.9),
+            val_weights=("model", "ema"),
+            log_every_n_steps=3,
+            **kwargs,
+        )
+
+    straight, history = run(max_epochs=3)
+    ckpt = ftrain.callbacks.Checkpoint(out + "-ckpt", every_n_steps=3, every_n_epochs=None)
+    run(callbacks=[ckpt], max_steps=9)
+    resumed, resumed_history = run(max_epochs=3, resume=out + "-ckpt")
+    ema, again = averaged(straight), averaged(resumed)
+    exact = all(torch.equal(ema[k], again[k]) for k in ema)
+    exact = exact and all(
+        torch.equal(a, b)
+        for a, b in zip(
+            full_state_dict(straight).values(), full_state_dict(resumed).values(), strict=True
+        )
+    )
+    if straight.rank == 0:
+        torch.save(ema, out + ".pt")
+        with open(out + ".json", "w") as f:
+            json.dump(
+                {
+                    "history": history,
+                    "resumed_history": resumed_history,
+                    "exact": exact,
+                    "count": resumed.averages["ema"].count,
+                },
+                f,
+            )
+
+
 def train_gan(out, mode):
     """The GAN of tests/scripts/gan.py, one global batch of 16 split over the processes."""
     import gan  # beside this script, which torchrun runs as a file
@@ -213,6 +262,8 @@ def main():
         return train_gan(out, mode)
     if mode == "ddp-eval":
         return evaluate_unevenly(out)
+    if mode.startswith("ema"):
+        return ema_run(out, mode)
     if mode == "sync-grads":
         return sync_outside_the_wrapper(out)
     if mode == "weighting":
