@@ -242,8 +242,9 @@ def test_restart_scoping_applies_to_one_node_torchrun_only(monkeypatch):
 
 
 @pytest.mark.timeout(300)
-def test_ranks_with_uneven_counts_step_like_the_whole_batch(tmp_path):
-    proc = torchrun("weighting", tmp_path / "w", timeout=150)
+@pytest.mark.parametrize("mode", ["weighting-ddp", "weighting-fsdp"])
+def test_ranks_with_uneven_counts_step_like_the_whole_batch(tmp_path, mode):
+    proc = torchrun(mode, tmp_path / "w", timeout=150)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = torch.load(tmp_path / "w.pt", weights_only=True)
     x, y = dist_worker.regression_data()

@@ -1,6 +1,7 @@
 """Metric-driven schedulers: the user names the metric, the scheduler's mode gives the
 direction, `step_scheduler` steps them in fit and in loops of one's own."""
 
+import attrs
 import pytest
 import torch
 from helpers import make_loaders
@@ -101,3 +102,35 @@ def test_a_monitored_metric_missing_at_the_first_validation_is_an_error():
     state = _state(monitor="val_f1")
     with pytest.raises(ValueError, match=r"watches 'val_f1'.*val_acc, val_loss"):
         ftrain.fit(state, (train, val), max_epochs=2)
+
+
+def test_a_phase_names_the_metric_its_plateau_scheduler_watches():
+    torch.manual_seed(0)
+
+    def part_loss(name):
+        return lambda model, b: nn.functional.cross_entropy(model[name](b[0]), b[1])
+
+    def phase(name, **kwargs):
+        return ftrain.Phase(
+            name,
+            optimizes=name,
+            optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+            loss_fn=part_loss(name),
+            scheduler=lambda o: Plateau(o, patience=0, factor=0.5, **kwargs),
+        )
+
+    state = ftrain.TrainState.create(
+        model={"a": nn.Linear(10, 2), "b": nn.Linear(10, 2)},
+        phases=[phase("a"), attrs.evolve(phase("b", mode="max"), scheduler_monitor="val_b_acc")],
+    )
+    assert [p.scheduler_interval for p in state.phases] == ["epoch", "epoch"]
+    for a_loss, b_acc in ((1.0, 0.5), (0.5, 0.5), (0.6, 0.6)):
+        metrics = {"val_a_loss": a_loss, "val_b_loss": 1.0, "val_b_acc": b_acc}
+        state = ftrain.step_scheduler(state, metrics)
+    lrs = {name: o.param_groups[0]["lr"] for name, o in state.optimizers.items()}
+    assert lrs == {"a": 0.05, "b": 0.05}  # a: loss rose at the 3rd; b: accuracy stalled at the 2nd
+    with pytest.raises(ValueError, match="which metric to maximise"):
+        ftrain.TrainState.create(
+            model={"a": nn.Linear(10, 2), "b": nn.Linear(10, 2)},
+            phases=[phase("a"), phase("b", mode="max")],
+        )

@@ -128,3 +128,33 @@ def test_epoch_means_weight_batches_by_the_count_the_loss_reports():
     x, y = regression_data()
     logs = ftrain.eval_epoch(state, [(x[:6], y[:6]), (x[6:], y[6:])])
     assert logs["mark"] == pytest.approx((6 * 60 + 1 * 10) / 70)
+
+
+def _two_phase_state():
+    torch.manual_seed(0)
+
+    def part_loss(name):
+        return lambda model, b: nn.functional.mse_loss(model[name](b[0]), b[1])
+
+    return ftrain.TrainState.create(
+        model={"a": nn.Linear(5, 1), "b": nn.Linear(5, 1)},
+        phases=[
+            ftrain.Phase(
+                name,
+                optimizes=name,
+                optimizer=lambda p: torch.optim.SGD(p, lr=0.5),
+                loss_fn=part_loss(name),
+            )
+            for name in ("a", "b")
+        ],
+    )
+
+
+def test_each_phase_accumulates_exactly():
+    x, y = regression_data()
+    whole, _ = ftrain.train_step(_two_phase_state(), (x, y))
+    step = ftrain.with_accumulation(every=2)
+    state, _ = step(_two_phase_state(), (x[:6], y[:6]))
+    state, _ = step(state, (x[6:], y[6:]))
+    assert state.step == 1
+    _close(_params(state), _params(whole))

@@ -143,7 +143,7 @@ def sum_state(seed=0):
     )
 
 
-def weigh_unevenly(out):
+def weigh_unevenly(out, strategy):
     """One SGD step on a batch cut unevenly across 2 ranks (and into micro-batches); every rank
     runs as many micro-batches as the other (DDP syncs in each backward)."""
     results = {}
@@ -156,12 +156,12 @@ def weigh_unevenly(out):
         ("tokens", token_state, [[(0, 1), (1, 2)], [(2, 3), (3, 4)]]),
         ("tokens-uneven", token_state, [[(0, 3)], [(3, 4)]]),
     ):
-        state = ftrain.place(make(), ftrain.DDP(timeout_s=30.0))
+        state = ftrain.place(make(), strategy(timeout_s=30.0))
         data = (tokens, mask) if case.startswith("tokens") else (x, y)
         for a, b in pieces[state.rank]:
             state, _ = ftrain.forward_backward(state, tuple(t[a:b] for t in data))
         state = ftrain.apply_gradients(state)
-        results[case] = [p.detach().clone() for p in state.model.parameters()]
+        results[case] = list(full_state_dict(state).values())
     if state.rank == 0:
         torch.save(results, out + ".pt")
 
@@ -266,8 +266,8 @@ def main():
         return ema_run(out, mode)
     if mode == "sync-grads":
         return sync_outside_the_wrapper(out)
-    if mode == "weighting":
-        return weigh_unevenly(out)
+    if mode.startswith("weighting"):
+        return weigh_unevenly(out, ftrain.FSDP if "fsdp" in mode else ftrain.DDP)
     if mode.startswith("predict"):
         return predict_in_order(out, ftrain.FSDP if "fsdp" in mode else ftrain.DDP)
     # The elastic run restarts the group: a short timeout makes a failed re-initialisation fail
