@@ -48,6 +48,15 @@ def check_optimizer_params(model: nn.Module, optimizer: Optimizer) -> None:
 
 
 def check_loss_fn(loss_fn: object) -> None:
+    if isinstance(loss_fn, nn.modules.loss._Loss) or (
+        isinstance(loss_fn, type) and issubclass(loss_fn, nn.Module)
+    ):
+        msg = (
+            "`loss_fn` must be a function loss_fn(model, batch) -> loss, not a criterion (got "
+            f"{describe(loss_fn)}): a criterion compares outputs with targets and never calls "
+            "the model. Wrap it: loss_fn=ftrain.supervised(torch.nn.MSELoss())."
+        )
+        raise TypeError(msg)
     if not callable(loss_fn):
         msg = (
             "`loss_fn` must be a callable loss_fn(model, batch) -> loss or (loss, metrics) "

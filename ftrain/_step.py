@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
 from ._batch import cast_floating, move
+from ._outputs import read_output
 from ._rng import mix, seed_step
 from ._state import TrainState, advance, check_live
 
@@ -163,8 +164,7 @@ def eval_metrics(state: TrainState, batch: Any) -> Metrics:
     module = state.strategy.eval_module(state)
     with torch.no_grad(), _autocast(state):
         out = state.loss_fn(module, batch)
-    loss, metrics = _split(out)
-    return _metrics(loss, metrics)
+    return read_output(out).metrics
 
 
 @contextlib.contextmanager
@@ -191,7 +191,7 @@ def _forward_backward(state: TrainState, batch: Any, loss_scale: float = 1.0) ->
     else:
         with _autocast(state):
             out = state.loss_fn(state.module, batch)
-    loss, metrics = _split(out)
+    loss, metrics = read_output(out)[:2]
     if not loss.requires_grad:
         msg = (
             "`loss_fn` returned a loss that does not require grad: it was detached, computed "
@@ -202,7 +202,7 @@ def _forward_backward(state: TrainState, batch: Any, loss_scale: float = 1.0) ->
     scaled = loss if loss_scale == 1.0 else loss * loss_scale
     scaler = state.scaler
     (scaled if scaler is None else scaler.scale(scaled)).backward()
-    return _metrics(loss, metrics)
+    return metrics
 
 
 def _apply(state: TrainState) -> torch.Tensor | None:
@@ -235,38 +235,3 @@ def _autocast(state: TrainState) -> contextlib.AbstractContextManager[Any]:
     if state.autocast_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(state.device.type, dtype=state.autocast_dtype)
-
-
-def _split(out: Any) -> tuple[torch.Tensor, Mapping[str, Any]]:
-    if type(out) is tuple:
-        if len(out) != 2 or not isinstance(out[1], Mapping):
-            msg = (
-                "`loss_fn` must return a scalar loss tensor or (loss, metrics) with metrics a "
-                f"dict (got a tuple of {len(out)}: {', '.join(type(v).__name__ for v in out)})."
-            )
-            raise TypeError(msg)
-        loss, metrics = out
-    else:
-        loss, metrics = out, {}
-    if not isinstance(loss, torch.Tensor):
-        msg = (
-            "`loss_fn` must return the loss as a torch.Tensor (got "
-            f"{type(loss).__name__}). Return the tensor, not loss.item()."
-        )
-        raise TypeError(msg)
-    if loss.ndim != 0:
-        msg = (
-            f"`loss_fn` must return a scalar loss (got a tensor of shape {tuple(loss.shape)}). "
-            "Reduce it, e.g. criterion(..., reduction='mean') or loss.mean()."
-        )
-        raise ValueError(msg)
-    return loss, metrics
-
-
-def _metrics(loss: torch.Tensor, extra: Mapping[str, Any]) -> Metrics:
-    metrics = {"loss": loss.detach()}
-    if not extra:
-        return metrics
-    for k, v in extra.items():
-        metrics[k] = v.detach() if isinstance(v, torch.Tensor) else v
-    return metrics

@@ -33,6 +33,7 @@ from ._rundir import (
 )
 from ._sharded import load_sharded, save_sharded
 from ._tensors import load_full, nonfinite_parameters, state_dicts
+from ._verify import check_kinds, check_record, state_kinds
 
 __all__ = [
     "checkpoint_name",
@@ -48,6 +49,14 @@ __all__ = [
 
 _PATH = (str, os.PathLike)
 _PATH_WORDS = "a str or os.PathLike"
+
+
+def _checkpoint_path(path: object) -> Path:
+    check_type("path", path, _PATH, _PATH_WORDS)
+    if not os.fspath(path):  # type: ignore[call-overload]
+        msg = "`path` must name a checkpoint file (got an empty path '')."
+        raise ValueError(msg)
+    return Path(path)  # type: ignore[arg-type]
 
 
 def save(state: TrainState, path: str | os.PathLike[str]) -> Path:
@@ -78,8 +87,13 @@ def save(state: TrainState, path: str | os.PathLike[str]) -> Path:
         0
     """
     check_live(state, "save")
-    check_type("path", path, _PATH, _PATH_WORDS)
-    target = Path(path)
+    target = _checkpoint_path(path)
+    if target.is_dir() and not state.strategy.sharded_checkpoint:
+        msg = (
+            f"`path` {str(path)!r} is a directory: give save a file path, e.g. "
+            f"{str(target / 'last.ckpt')!r}."
+        )
+        raise ValueError(msg)
     bad = nonfinite_parameters(state)
     if bad:
         msg = (
@@ -121,10 +135,12 @@ def load(state: TrainState, path: str | os.PathLike[str]) -> TrainState:
         (1, False)
     """
     check_live(state, "load")
-    check_type("path", path, _PATH, _PATH_WORDS)
-    source = Path(path)
+    source = _checkpoint_path(path)
     data = read_verified(source)
+    # Everything is checked before anything is copied: a refused load leaves the template as is.
+    check_record(data, source)
     callback_state = decode(data["callback_state"], "callback_state")
+    check_kinds(source, data.get("kinds"), state_kinds(state))
     for name in ("scheduler", "scaler"):
         obj, saved = getattr(state, name), data[name]
         if (obj is None) != (saved is None):
@@ -185,7 +201,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         >>> meta["step"], sorted(model)
         (1, ['bias', 'weight'])
     """
-    check_type("path", path, _PATH, _PATH_WORDS)
-    data = read_verified(Path(path))
+    source = _checkpoint_path(path)
+    data = read_verified(source)
+    check_record(data, source)
     data["callback_state"] = decode(data["callback_state"], "callback_state")
     return data

@@ -16,6 +16,7 @@ import attrs
 import torch
 
 from .._errors import CheckpointError, describe
+from ._verify import state_kinds
 
 if TYPE_CHECKING:
     from .._state import TrainState
@@ -42,6 +43,7 @@ def state_record(state: TrainState) -> dict[str, Any]:
             "epoch_totals": {k: [s, n] for k, (s, n) in state.epoch_totals.items()},
             "torch_version": str(torch.__version__),
         },
+        "kinds": state_kinds(state),
         "scheduler": None if state.scheduler is None else state.scheduler.state_dict(),
         "scaler": None if state.scaler is None else state.scaler.state_dict(),
         "callback_state": encode(dict(state.callback_state), "callback_state"),
