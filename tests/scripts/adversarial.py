@@ -23,7 +23,7 @@ exit status is 1 when anything failed. ERROR means the case could not be judged 
 failed, or it timed out).
 
     python tests/scripts/adversarial.py                  # everything, with 20 kills and 20 Ctrl-Cs
-    python tests/scripts/adversarial.py --fast           # the CI subset (about a minute)
+    python tests/scripts/adversarial.py --fast           # the CI subset (under a minute)
     python tests/scripts/adversarial.py --only load.     # cases whose id or category contains "load."
     python tests/scripts/adversarial.py --list           # the table: what each case does and expects
     python tests/scripts/adversarial.py --kills 50 --interrupts 0 --only kill
@@ -53,7 +53,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -378,8 +378,8 @@ class Run:
     def fit(
         self,
         state: ftrain.TrainState,
-        callbacks: list[Any] = (),
-        **kw: Any,  # type: ignore[assignment]
+        callbacks: Sequence[Any] = (),
+        **kw: Any,
     ) -> tuple[ftrain.TrainState, list[dict[str, Any]]]:
         train, val = loaders()
         kw = {
@@ -1776,6 +1776,32 @@ def _fallback(damage: str) -> Callable[[Path], str]:
     return check
 
 
+class Planted:
+    """Unpickling this object creates a directory: proof that a checkpoint ran code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.makedirs, (str(self.marker),))
+
+
+def _crafted_pickle(tmp: Path) -> str:
+    marker = tmp / "code-ran"
+    path = _rewrite(_saved(tmp), lambda d: d.update(extra=Planted(marker)))
+    try:
+        ftrain.load(toy(), path)
+    except ftrain.CheckpointError as err:
+        error = describe_error(err)
+    else:
+        error = ""
+    if marker.exists():
+        raise Fail("loading a crafted checkpoint ran code from it")
+    if not error:
+        raise Fail("a checkpoint holding a pickled object loaded without error")
+    return error
+
+
 def _nonfinite_save(tmp: Path) -> str:
     good = ftrain.save(toy(), tmp / "a.ckpt")
     before = good.read_bytes()
@@ -1920,6 +1946,9 @@ CHECKPOINTS: list[Fault] = [
     Fault("files.leftover-temporary", "checkpoint", LOST,
           "a temporary file of an interrupted write is removed at start; resume is exact",
           _fallback("leftover-tmp"), tag="files"),
+    Fault("files.crafted-pickle", "checkpoint", WRONG,
+          "a validly signed checkpoint whose payload pickles a call to os.makedirs: refused with "
+          "CheckpointError, and no code runs", _crafted_pickle, tag="files"),
     Fault("files.nonfinite-save-refused", "checkpoint", LOST,
           "saving NaN weights over a good checkpoint is refused; the good file is untouched",
           _nonfinite_save, tag="files"),
@@ -1963,13 +1992,16 @@ def train_worker(directory: str, out: str, max_steps: int, snapshots: str) -> No
     loader = DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True)
     ready: list[float] = []
     steps: list[tuple[int, dict[str, Any]]] = []
+    copying = [0.0]
 
     def announce(state: ftrain.TrainState, event: Any) -> ftrain.TrainState:
         if not ready:  # after the first step: imports and start-up are paid, training runs now
             ready.append(time.monotonic())
             print("ready", flush=True)
-        if snapshots:  # the uninterrupted run records every step (in memory: it keeps its pace)
+        if snapshots:  # the uninterrupted run records every step (in memory; not timed)
+            t0 = time.monotonic()
             steps.append((event.step, snapshot(state)))
+            copying[0] += time.monotonic() - t0
         return state
 
     ckpt = Checkpoint(directory, every_n_steps=2, every_n_epochs=None, keep_last=2)
@@ -1979,7 +2011,8 @@ def train_worker(directory: str, out: str, max_steps: int, snapshots: str) -> No
         print("ready", flush=True)
     for step, snap in steps:
         torch.save(snap, Path(snapshots) / f"{step}.pt")
-    print(f"trained {time.monotonic() - (ready[0] if ready else time.monotonic()):.3f} s")
+    trained = time.monotonic() - (ready[0] if ready else time.monotonic()) - copying[0]
+    print(f"trained {trained:.3f} s")
     if state.step < max_steps:
         print(f"stopped at step {state.step}", flush=True)
         sys.exit(3)
@@ -2083,7 +2116,12 @@ def interrupt_once(directory: Path, out: Path, sig: int, delay: float) -> Trial 
 
 
 def campaign(kind: str, n: int, base: Path, seed: int) -> Iterator[tuple[str, Result]]:
-    """N random SIGKILLs (``kind="kill"``) or Ctrl-Cs (``"interrupt"``) of one training run."""
+    """N random SIGKILLs (``kind="kill"``) or Ctrl-Cs (``"interrupt"``) of one training run.
+
+    Each signal lands at a uniform random moment of what is left of the run, and the run starts
+    over once less than a third of it is left; the seconds per step are re-estimated from every
+    trial (the machine's load changes), so few runs finish before their signal.
+    """
     sig = signal.SIGKILL if kind == "kill" else signal.SIGINT
     name = "SIGKILL" if kind == "kill" else "Ctrl-C"
     rng = random.Random(seed)
@@ -2094,51 +2132,65 @@ def campaign(kind: str, n: int, base: Path, seed: int) -> Iterator[tuple[str, Re
         return
     root = base / f"{kind}-campaign"
     directory, out = root / "ckpt", root / "final.ckpt"
-    done = restarts = 0
+    per_step = ref.train_seconds / CAMPAIGN_STEPS
+    done = finished_first = 0
     while done < n:
         t0 = time.monotonic()
-        left = CAMPAIGN_STEPS - current_step(directory)
-        if left <= 6:  # too little left to interrupt: start the run over
+        before = current_step(directory)
+        if CAMPAIGN_STEPS - before < CAMPAIGN_STEPS // 3:  # start over: signals cover the run
             shutil.rmtree(root)
-            left = CAMPAIGN_STEPS
-        delay = rng.uniform(0.0, ref.train_seconds * left / CAMPAIGN_STEPS)
+            before = 0
+        delay = rng.uniform(0.0, per_step * (CAMPAIGN_STEPS - before))
         trial = interrupt_once(directory, out, sig, delay)
-        if trial is None:  # the run finished before the signal: check it, start over
-            restarts += 1
-            diff = finish_and_compare(directory, out, ref) if out.exists() else ["no final state"]
+        if trial is None:  # the run finished before the signal: check its result, start over
+            finished_first += 1
+            per_step *= 0.7
+            diff = differences(
+                ftrain.load(campaign_state(), out), ftrain.load(campaign_state(), ref.out)
+            )
             shutil.rmtree(root)
-            if diff or restarts > 3 * n:
+            if diff:
                 yield (
-                    f"{kind}.restart-{restarts}",
-                    Result("FAIL", WRONG, f"a run finished between signals differs: {diff[:3]}"),
+                    f"{kind}.finished-{finished_first}",
+                    Result(
+                        "FAIL", WRONG, f"a run that finished between signals differs: {diff[:3]}"
+                    ),
                 )
-                if restarts > 3 * n:
-                    return
+            if finished_first > 2 * n:
+                yield (
+                    f"{kind}.timing",
+                    Result("ERROR", LOST, f"{finished_first} runs finished before their signal"),
+                )
+                return
             continue
         done += 1
         case = f"{kind}.{done:02d}"
         if trial.status != "PASS":
             yield case, Result(trial.status, trial.risk, trial.detail, time.monotonic() - t0)
+            shutil.rmtree(root, ignore_errors=True)
             continue
+        at = f"{name} at {delay:.2f} s" + (f" ({trial.detail})" if trial.detail else "")
         try:
             step, diff = judge_newest(directory, ref)
         except ftrain.CheckpointError as err:
-            yield (
-                case,
-                Result("FAIL", LOST, f"the newest checkpoint does not load: {describe_error(err)}"),
-            )
-            continue
-        at = f"{name} at {delay:.2f} s" + (f" ({trial.detail})" if trial.detail else "")
-        if step is None:
-            yield case, Result("PASS", LOST, f"{at}: no checkpoint yet (before the first save)")
-        elif diff:
-            yield case, Result("FAIL", WRONG, f"{at}: the checkpoint of step {step} differs from "
-                               f"the uninterrupted run at that step in {diff[:3]}",
-                               time.monotonic() - t0)  # fmt: skip
+            step, diff = None, [f"does not load: {describe_error(err)}"]
+        if step is not None and step - before >= 4:  # re-estimate the pace of this machine
+            per_step = 0.5 * per_step + 0.5 * delay / (step - before)
+        seconds = time.monotonic() - t0
+        if diff:
+            if step is None:  # the newest checkpoint does not load
+                yield case, Result("FAIL", LOST, f"{at}: the newest checkpoint {diff[0]}", seconds)
+            else:
+                yield case, Result("FAIL", WRONG, f"{at}: the checkpoint of step {step} differs "
+                                   f"from the uninterrupted run at that step in {diff[:3]}",
+                                   seconds)  # fmt: skip
+            shutil.rmtree(root)  # judge the next trials on a run of their own
+        elif step is None:
+            yield case, Result("PASS", LOST, f"{at}: no checkpoint yet (before the first save)",
+                               seconds)  # fmt: skip
         else:
             yield case, Result("PASS", LOST, f"{at}: newest checkpoint (step {step}) loads and "
-                               "equals the uninterrupted run at that step",
-                               time.monotonic() - t0)  # fmt: skip
+                               "equals the uninterrupted run at that step", seconds)  # fmt: skip
     t0 = time.monotonic()
     try:
         diff = finish_and_compare(directory, out, ref)
@@ -2149,9 +2201,9 @@ def campaign(kind: str, n: int, base: Path, seed: int) -> Iterator[tuple[str, Re
         yield f"{kind}.final", Result("FAIL", WRONG, f"after {n} {name}s the finished run differs "
                                       f"from the uninterrupted one in {diff[:4]}")  # fmt: skip
     else:
-        yield f"{kind}.final", Result("PASS", WRONG, f"after {n} {name}s ({restarts} runs finished "
-                                      "first) the finished run equals the uninterrupted one "
-                                      "(torch.equal on every tensor)",
+        yield f"{kind}.final", Result("PASS", WRONG, f"after {n} {name}s ({finished_first} runs "
+                                      "finished first) the resumed run equals the uninterrupted "
+                                      "one (torch.equal on every tensor)",
                                       time.monotonic() - t0)  # fmt: skip
 
 
