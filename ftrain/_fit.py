@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import attrs
-
-from ._callback import chain, check_callbacks, check_memory, on
+from ._callback import Watched, chain, check_callbacks, check_memory
 from ._checkpoint import latest_checkpoint, load
 from ._data import num_batches, prepare_loader
 from ._epoch import eval_epoch, train_epoch
@@ -124,10 +122,9 @@ def fit(
 
     # With nothing to call, train_epoch gets no callbacks and skips per-step event dispatch (and
     # Ctrl-C keeps Python's default: there is nothing a clean stop could save).
-    epoch_callbacks: list[Callback] = [run] if callbacks else []
     if mid_epoch_val or stop_signals or callbacks:
-        epoch_callbacks.append(on(StepEnd, after_step))
-    epoch_callback = (chain(*epoch_callbacks),) if epoch_callbacks else ()
+        run.after_step = after_step
+    epoch_callback = (run,) if run.after_step is not None else ()
     per_epoch = _batches_per_epoch(train, limit_train_batches)
     start = FitStart(
         step=state.step,
@@ -174,26 +171,36 @@ def fit(
     return state, history
 
 
-@attrs.define
-class _Watch:
+class _Watch(Watched):
     """fit's callbacks, watched: the last consistent state, so that a failure anywhere in `fit`
     (validation, an epoch end, a callback) reaches every callback as `Interrupted` once, with
     the state after the last completed step. A second Ctrl-C (`HardInterrupt`) reaches none:
     the weights may be half updated, so nothing may be saved from them."""
 
-    callback: Callback
-    last: TrainState | None = None
-    told: BaseException | None = None
-    group_start: int | None = None  # epoch_batch where an accumulation group began
+    __slots__ = ("after_step", "callback", "group_start", "last", "told")
+
+    def __init__(self, callback: Callback) -> None:
+        self.callback = callback
+        self.last: TrainState | None = None
+        self.told: BaseException | None = None
+        self.group_start: int | None = None  # epoch_batch where an accumulation group began
+        self.after_step: Callable[[TrainState, StepEnd], TrainState] | None = None  # fit's own
 
     def __call__(self, state: TrainState, event: Event) -> TrainState:
-        if type(event) is Interrupted:
-            return self.interrupt(state, event)
-        if type(event) is StepEnd:
-            if not state.micro_step:
+        kind = type(event)
+        if kind is StepEnd:
+            if state.micro_step:
+                if self.group_start is None:  # the first micro-batch of an accumulation group
+                    self.group_start = state.epoch_batch - 1
+            elif self.group_start is not None:
                 self.group_start = None
-            elif self.group_start is None:  # the first micro-batch of an accumulation group
-                self.group_start = state.epoch_batch - 1
+            self.last = state
+            state = self.callback(state, event)
+            self.last = state
+            after = self.after_step
+            return state if after is None else after(state, event)  # type: ignore[arg-type]
+        if kind is Interrupted:
+            return self.interrupt(state, event)  # type: ignore[arg-type]
         self.last = state
         state = self.callback(state, event)
         self.last = state

@@ -1,10 +1,13 @@
 """The fast subset of the adversarial suite (``tests/scripts/adversarial.py --fast``) passes.
 
-The suite is written to the behaviour issue 13 asks for, ahead of the fixes, so this test is an
-expected failure for now; it runs the subset in a subprocess and shows its summary either way.
+Every case of bad input, fault inside `fit`, signal and mismatched checkpoint in the subset must
+pass: nothing lost, nothing silently wrong, every error clear. It runs in a subprocess and shows
+its summary line; the full run (with the SIGKILL and Ctrl-C campaigns) is documented in
+docs/reliability.md.
 """
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,11 +18,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 13: the adversarial suite states the desired behaviour (nothing lost, nothing "
-    "wrong, every error clear); its fixes have not landed yet. Make this strict once they have.",
-)
 def test_fast_adversarial_subset_passes(capsys):
     env = {
         **os.environ,
@@ -38,3 +36,5 @@ def test_fast_adversarial_subset_passes(capsys):
         print(f"\nadversarial --fast: {summary}")
     failing = [ln for ln in lines if ln.startswith(("FAIL", "ERROR"))]
     assert proc.returncode == 0, "\n".join([summary, *failing[:40], proc.stderr[-2000:]])
+    cases = re.search(r"(\d+) cases", summary)
+    assert cases is not None and int(cases.group(1)) >= 120, summary

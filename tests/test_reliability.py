@@ -248,12 +248,16 @@ def test_place_on_meta_is_refused_and_the_weights_stay(device):
 # 6. Kinds, sections, and a refused load leaves the template untouched
 
 
-def _state(optimizer, scheduler=None):
+def _squares(model, batch):
+    return model(batch).pow(2).mean()
+
+
+def _state(optimizer, scheduler=None, loss_fn=_squares):
     torch.manual_seed(0)
     return ftrain.TrainState.create(
         model=nn.Linear(4, 2),
         optimizer=optimizer,
-        loss_fn=lambda m, b: m(b).pow(2).mean(),
+        loss_fn=loss_fn,
         scheduler=scheduler,
     )
 

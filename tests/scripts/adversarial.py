@@ -24,8 +24,8 @@ failed, or it timed out).
 
     python tests/scripts/adversarial.py                  # everything, with 20 kills and 20 Ctrl-Cs
     python tests/scripts/adversarial.py --fast           # the CI subset (under a minute)
-    python tests/scripts/adversarial.py --only load.     # cases whose id or category contains "load."
-    python tests/scripts/adversarial.py --list           # the table: what each case does and expects
+    python tests/scripts/adversarial.py --only load.  # cases whose id or category contains "load."
+    python tests/scripts/adversarial.py --list  # the table: what each case does and expects
     python tests/scripts/adversarial.py --kills 50 --interrupts 0 --only kill
     python tests/scripts/adversarial.py --report report.txt
 
@@ -1590,7 +1590,7 @@ def _resume_last_step(limit: str) -> Callable[[Path], str]:
             else Run(epochs=2, log_every=6)
         )
         d = tmp / "ckpt"
-        ckpt = lambda: Checkpoint(d, every_n_steps=6, every_n_epochs=1, save_on_interrupt=False)  # noqa: E731
+        ckpt = lambda: Checkpoint(d, every_n_steps=6, every_n_epochs=1, save_on_interrupt=False)
         with contextlib.suppress(Boom):
             run.fit(run.state(), [Raiser(ftrain.EpochEnd, 2), ckpt()])
         rec = Recorder()
