@@ -58,8 +58,9 @@ def interrupt_each(
                 "the callbacks after it still got the event."
             )
             warnings.warn(note, stacklevel=3)
-            if event.error is not None:
-                event.error.add_note(note)
+            add_note = getattr(event.error, "add_note", None)  # Python 3.11+
+            if add_note is not None:
+                add_note(note)
             continue
         if type(new) is TrainState:
             state = new
