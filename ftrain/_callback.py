@@ -8,17 +8,25 @@ checked here for names that collide, when they are chained and when `fit` starts
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar, overload
 
 import attrs
 
 from ._errors import CallbackSignatureError, check_int
-from ._events import EpochEnd, EvalEnd, Event, IntervalEnd, StepEnd
+from ._events import EpochEnd, EvalEnd, Event, Interrupted, IntervalEnd, StepEnd
 from ._state import TrainState
 from ._typing import Callback, CallbackWithMemory
 
-__all__ = ["chain", "check_callbacks", "check_memory", "every", "on", "when"]
+__all__ = ["Watched", "chain", "check_callbacks", "check_memory", "every", "on", "when"]
+
+
+class Watched:
+    """Base of a callback that checks the callbacks it wraps itself (`fit`'s watcher): `chain`
+    passes a single one through instead of wrapping it, so a step pays one dispatch, not two."""
+
+    __slots__ = ()
 
 
 @attrs.frozen
@@ -26,6 +34,8 @@ class _Chain:
     callbacks: tuple[Callback, ...]
 
     def __call__(self, state: TrainState, event: Event) -> TrainState:
+        if type(event) is Interrupted:
+            return interrupt_each(self.callbacks, state, event)
         for cb in self.callbacks:
             new = cb(state, event)
             if type(new) is not TrainState:
@@ -34,10 +44,35 @@ class _Chain:
         return state
 
 
+def interrupt_each(
+    callbacks: Sequence[Callback], state: TrainState, event: Interrupted
+) -> TrainState:
+    """Deliver `Interrupted` to each callback on its own: one that raises (a warning names it,
+    and a note on the interrupting error) does not keep the ones after it from saving."""
+    for cb in callbacks:
+        try:
+            new = cb(state, event)
+        except Exception as err:  # a second Ctrl-C (KeyboardInterrupt) still stops at once
+            note = (
+                f"callback {_name(cb)!r} raised {type(err).__name__} ({err}) on Interrupted; "
+                "the callbacks after it still got the event."
+            )
+            warnings.warn(note, stacklevel=3)
+            add_note = getattr(event.error, "add_note", None)  # Python 3.11+
+            if add_note is not None:
+                add_note(note)
+            continue
+        if type(new) is TrainState:
+            state = new
+    return state
+
+
 def chain(*callbacks: Callback) -> Callback:
     """Apply ``callbacks`` in order, threading the state through each one.
 
-    The order is the order given, every time, for every event: no hidden priorities.
+    The order is the order given, every time, for every event: no hidden priorities. `Interrupted`
+    reaches every callback even when one before it raises (the error becomes a warning), so a
+    failing logger cannot keep `Checkpoint` from saving.
 
     Raises:
         CallbackSignatureError: a callback cannot be called as ``cb(state, event)``.
@@ -54,7 +89,7 @@ def chain(*callbacks: Callback) -> Callback:
         >>> seen
         ['FitStart', 'FitStart']
     """
-    if len(callbacks) == 1 and isinstance(callbacks[0], _Chain):
+    if len(callbacks) == 1 and isinstance(callbacks[0], _Chain | Watched):
         return callbacks[0]
     flat: list[Callback] = []
     for cb in check_callbacks(callbacks, "chain"):
@@ -206,10 +241,13 @@ def check_callbacks(
     return out
 
 
+def _name(cb: object) -> str:
+    return str(getattr(cb, "__name__", type(cb).__name__))
+
+
 def _not_a_state(result: Any, cb: Any, event: Any) -> None:
-    name = getattr(cb, "__name__", type(cb).__name__)
     msg = (
-        f"callback {name!r} must return a TrainState (got {type(result).__name__} on "
+        f"callback {_name(cb)!r} must return a TrainState (got {type(result).__name__} on "
         f"{type(event).__name__}). An observer returns the state it was given."
     )
     raise CallbackSignatureError(msg)

@@ -19,7 +19,7 @@ from ._batch import batch_size
 from ._callback import chain
 from ._collectives import agree_on_batches, reducer
 from ._data import prepare_loader, start_epoch
-from ._errors import check_int, check_type
+from ._errors import check_callable, check_int, check_type, describe
 from ._events import EpochEnd, EpochStart, Event, Interrupted, IntervalEnd, StepEnd
 from ._loader_state import attach_loader
 from ._metrics import MeanAccumulator, check_finite, means, merge_sums
@@ -84,6 +84,13 @@ def train_epoch(
     check_int("log_every_n_steps", log_every_n_steps, minimum=1)
     check_int("max_batches", max_batches, optional=True)
     check_int("max_steps", max_steps, optional=True)
+    check_loader(loader, "train_epoch")
+    if not isinstance(callbacks, Sequence) or isinstance(callbacks, str):
+        msg = (
+            f"`callbacks` must be a list of callbacks, or () for none (got {describe(callbacks)})."
+        )
+        raise TypeError(msg)
+    check_callable("step_fn", step_fn, "(state, batch) -> (state, metrics)", "ftrain.train_step")
     cb = chain(*callbacks) if callbacks else None  # none: no per-step event dispatch at all
     loader = prepare_loader(state, loader)
     reduce_sum = reducer(state)
@@ -107,7 +114,12 @@ def train_epoch(
     try:
         for batch in batches:
             n = batch_size(batch)
-            state, metrics = step_fn(state, batch)
+            if not n:
+                _empty_batch(batch, position)
+            out = step_fn(state, batch)
+            if type(out) is not tuple:
+                _not_a_step_result(out, step_fn)
+            state, metrics = out
             position += 1
             samples += n
             interval.add(metrics, metrics.get("count", n))
@@ -196,6 +208,7 @@ def eval_epoch(
         ['val_loss']
     """
     check_live(state, "eval_epoch")
+    check_loader(loader, "eval_epoch")
     check_int("max_batches", max_batches, optional=True)
     check_type("prefix", prefix, str, "a str")
     loader = prepare_loader(state, loader, train=False)
@@ -260,6 +273,34 @@ def _fold_open_interval(state: TrainState, interval: MeanAccumulator, position: 
             stacklevel=3,
         )
     return state
+
+
+def check_loader(loader: Any, where: str) -> None:
+    """Refuse a ``loader`` that is not an iterable of batches, naming it."""
+    if not isinstance(loader, Iterable) or isinstance(loader, str | bytes | Mapping):
+        msg = (
+            f"`loader` passed to `{where}` must be a DataLoader or another iterable of batches "
+            f"(got {describe(loader)})."
+        )
+        raise TypeError(msg)
+
+
+def _empty_batch(batch: Any, position: int) -> None:
+    msg = (
+        f"`batch` {position} of the epoch holds 0 samples (its first tensor's leading dimension "
+        "is 0): an empty batch has no mean loss. Check the dataset and the sampler, or drop "
+        "empty batches in the collate_fn."
+    )
+    raise ValueError(msg)
+
+
+def _not_a_step_result(out: Any, step_fn: Any) -> None:
+    name = getattr(step_fn, "__name__", type(step_fn).__name__)
+    msg = (
+        f"`step_fn` ({name}) must return (state, metrics) like ftrain.train_step (got "
+        f"{describe(out)})."
+    )
+    raise TypeError(msg)
 
 
 def _train_keys(values: Mapping[str, float]) -> dict[str, float]:

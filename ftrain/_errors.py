@@ -9,6 +9,8 @@ every one of them.
 
 from __future__ import annotations
 
+import inspect
+
 __all__ = [
     "CallbackSignatureError",
     "CheckpointError",
@@ -137,6 +139,31 @@ def check_choice(name: str, value: object, choices: tuple[object, ...]) -> None:
         options = ", ".join(repr(c) for c in choices)
         msg = f"`{name}` must be one of {options} (got {value!r})."
         raise ValueError(msg)
+
+
+def check_callable(name: str, value: object, arguments: str, example: str) -> None:
+    """Check that ``value`` is callable with two positional arguments (``arguments`` says which).
+
+    >>> check_callable("step_fn", "sgd", "(state, batch)", "train_step")
+    Traceback (most recent call last):
+    ...
+    TypeError: `step_fn` must be a function (state, batch) such as train_step (got str 'sgd').
+    """
+    if not callable(value):
+        msg = f"`{name}` must be a function {arguments} such as {example} (got {describe(value)})."
+        raise TypeError(msg)
+    try:
+        signature = inspect.signature(value)
+    except (TypeError, ValueError):  # builtins and C callables: nothing to check
+        return
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        msg = (
+            f"`{name}` must be a function {arguments} such as {example}, but its signature is "
+            f"{signature} (got {describe(value)})."
+        )
+        raise TypeError(msg) from None
 
 
 def _as_tuple(expected: type | tuple[type, ...]) -> tuple[type, ...]:

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._callback import chain, check_callbacks, check_memory, on
+from ._callback import Watched, chain, check_callbacks, check_memory
 from ._checkpoint import latest_checkpoint, load
-from ._data import prepare_loader
+from ._data import num_batches, prepare_loader
 from ._epoch import eval_epoch, train_epoch
-from ._errors import check_int
-from ._events import EpochEnd, EvalEnd, FitEnd, FitStart, Interrupted, StepEnd
+from ._errors import CheckpointError, check_callable, check_int, check_type, describe
+from ._events import EpochEnd, EvalEnd, Event, FitEnd, FitStart, Interrupted, StepEnd
 from ._schedulers import step_scheduler
-from ._signals import catch_signals
+from ._signals import HardInterrupt, catch_signals, check_signals
 from ._state import TrainState, check_live, set_progress
 from ._step import train_step
 from ._typing import Callback, StepFn
+
+CHECKPOINT_SUFFIX = ".ckpt"
 
 __all__ = ["fit"]
 
@@ -58,16 +60,20 @@ def fit(
         val_weights: the weights to validate: ``"model"`` (keys ``val_*``), the name of an
             average in ``state.averages`` (``"ema"``: keys ``val_ema_*``), or several, e.g.
             ``("model", "ema")``. An average not made yet (SWA before its start) is skipped.
-        limit_train_batches: training batches per epoch, for quick runs.
-        limit_val_batches: validation batches per validation, for quick runs.
+        limit_train_batches: training batches per epoch, for quick runs (0: no training).
+        limit_val_batches: validation batches per validation, for quick runs (0: no
+            validation).
         log_every_n_steps: the log interval (one host sync per interval).
-        resume: a checkpoint file to load into ``state`` first, or a directory: its newest
-            checkpoint that validates is loaded (corrupt ones are skipped with a warning), and
-            training starts fresh when it holds none or does not exist yet (a path without a
-            file suffix is taken as a directory). ``state`` is then the template.
+        resume: decided by what exists: an existing directory is a run directory (its newest
+            checkpoint that validates is loaded, corrupt ones skipped with a warning; none:
+            a fresh start), an existing file is a checkpoint to load, and a path that does not
+            exist is a run directory not made yet (a fresh start), unless its name ends in
+            ``.ckpt`` (a missing checkpoint file is refused). ``state`` is then the template.
         stop_signals: signals (e.g. ``signal.SIGTERM`` for preemption) that stop training
             cleanly after the current batch: callbacks get `Interrupted` (`Checkpoint` saves),
-            then `FitEnd`, and `fit` returns. Handlers are installed only for this call.
+            then `FitEnd`, and `fit` returns. Handlers are installed only for this call. With
+            callbacks, Ctrl-C (SIGINT) does the same when the program has not set its own
+            handler; a second Ctrl-C raises `KeyboardInterrupt` at once and nothing is saved.
 
     Returns:
         ``(new_state, history)``: one dict per finished epoch with ``epoch``, ``step``,
@@ -90,30 +96,37 @@ def fit(
     """
     check_live(state, "fit")
     _check_limits(max_epochs, max_steps, val_every_n_epochs, val_every_n_steps)
+    check_int("limit_train_batches", limit_train_batches, optional=True)
+    check_int("limit_val_batches", limit_val_batches, optional=True)
+    check_int("log_every_n_steps", log_every_n_steps, minimum=1)
     weights = _check_weights(val_weights)
+    callbacks = _check_callback_list(callbacks)
+    check_step_fn(step_fn, "fit")
+    stop_signals = check_signals(stop_signals)
+    train, val = _split_loaders(loaders)
     if resume is not None:
         state = _resume(state, resume)
-    train, val = _split_loaders(loaders)
     train = prepare_loader(state, train)
+    if limit_val_batches == 0:  # Lightning's meaning: no validation
+        val = None
     val = None if val is None else prepare_loader(state, val, train=False)
-    user_cb = chain(*check_callbacks(callbacks, "fit"))
-    check_memory(state, user_cb)
+    run = _Watch(chain(*check_callbacks(callbacks, "fit")))
+    check_memory(state, run.callback)
     mid_epoch_val = val is not None and val_every_n_steps is not None
 
     def after_step(state: TrainState, event: StepEnd) -> TrainState:
         # What fit adds after a step: validation every n steps (a history row of its own) and
-        # stopping on a signal.
+        # stopping on a signal (Ctrl-C included) at the batch boundary.
         if mid_epoch_val and event.step % val_every_n_steps == 0:  # type: ignore[operator]
-            state = _validate(state, val, state.epoch, user_cb, limit_val_batches, weights)
+            state = _validate(state, val, state.epoch, run, limit_val_batches, weights)
         return set_progress(state, should_stop=True) if signalled else state
 
-    # With nothing to call, train_epoch gets no callbacks and skips per-step event dispatch.
-    epoch_callbacks = [user_cb] if callbacks else []
-    if mid_epoch_val or stop_signals:
-        epoch_callbacks.append(on(StepEnd, after_step))
-    if epoch_callbacks:  # the epoch's row is in the state before a callback saves it
-        epoch_callbacks.insert(0, on(EpochEnd, _add_epoch_row))
-    epoch_callback = (chain(*epoch_callbacks),) if epoch_callbacks else ()
+    # With nothing to call, train_epoch gets no callbacks and skips per-step event dispatch (and
+    # Ctrl-C keeps Python's default: there is nothing a clean stop could save).
+    if mid_epoch_val or stop_signals or callbacks:
+        run.after_step = after_step
+    epoch_callback = (run,) if run.after_step is not None else ()
+    per_epoch = _batches_per_epoch(train, limit_train_batches)
     start = FitStart(
         step=state.step,
         epoch=state.epoch,
@@ -122,39 +135,100 @@ def fit(
         log_every_n_steps=log_every_n_steps,
         val_every_n_epochs=None if val is None else val_every_n_epochs,
     )
-    state = user_cb(state.replace(should_stop=False), start)
-    with catch_signals(stop_signals) as signalled:
-        while not (signalled or _done(state, max_epochs, max_steps)):
-            epoch = state.epoch
-            state, logs = train_epoch(
-                state,
-                train,
-                epoch_callback,
-                step_fn=step_fn,
-                max_batches=limit_train_batches,
-                max_steps=max_steps,
-                log_every_n_steps=log_every_n_steps,
-            )
-            if state.epoch == epoch:  # stopped inside the epoch (max_steps, a callback, a signal)
-                break
-            if not epoch_callbacks:
-                state = _add_row(state, {"epoch": epoch, "step": state.step, **logs})
-            if val is not None and state.epoch % val_every_n_epochs == 0:
-                state = _validate(state, val, epoch, user_cb, limit_val_batches, weights)
-            elif val is None:
-                state = step_scheduler(state, state.history[-1])
-    if signalled:
-        state = user_cb(state, Interrupted(step=state.step, epoch=state.epoch, reason="signal"))
-    state = user_cb(state, FitEnd(step=state.step, epoch=state.epoch, history=state.history))
+    with catch_signals(stop_signals, graceful_interrupt=bool(callbacks)) as signalled:
+        try:
+            state = run(state.replace(should_stop=False), start)
+            while not signalled and limit_train_batches != 0:
+                # A run resumed at its last step may still have its epoch's end to do.
+                if _done(state, max_epochs, max_steps) and _ended(state, per_epoch):
+                    break
+                epoch = state.epoch
+                state, logs = train_epoch(
+                    state,
+                    train,
+                    epoch_callback,
+                    step_fn=step_fn,
+                    max_batches=limit_train_batches,
+                    max_steps=max_steps,
+                    log_every_n_steps=log_every_n_steps,
+                )
+                run.last = state
+                if state.epoch == epoch:  # stopped inside the epoch (limits, callback, signal)
+                    break
+                if not epoch_callback:  # else the row went in at EpochEnd, before the callbacks
+                    state = _add_row(state, {"epoch": epoch, "step": state.step, **logs})
+                if val is not None and state.epoch % val_every_n_epochs == 0:
+                    state = _validate(state, val, epoch, run, limit_val_batches, weights)
+                elif val is None:
+                    state = step_scheduler(state, state.history[-1])
+            if signalled:
+                event = Interrupted(step=state.step, epoch=state.epoch, reason="signal")
+                state = run(state, event)
+            state = run(state, FitEnd(step=state.step, epoch=state.epoch, history=state.history))
+        except BaseException as err:
+            run.failed(err)
+            raise
     return state, [dict(row) for row in state.history]
+
+
+class _Watch(Watched):
+    """fit's callbacks, watched: the last consistent state, so that a failure anywhere in `fit`
+    (validation, an epoch end, a callback) reaches every callback as `Interrupted` once, with
+    the state after the last completed step. A second Ctrl-C (`HardInterrupt`) reaches none:
+    the weights may be half updated, so nothing may be saved from them."""
+
+    __slots__ = ("after_step", "callback", "group_start", "last", "told")
+
+    def __init__(self, callback: Callback) -> None:
+        self.callback = callback
+        self.last: TrainState | None = None
+        self.told: BaseException | None = None
+        self.group_start: int | None = None  # epoch_batch where an accumulation group began
+        self.after_step: Callable[[TrainState, StepEnd], TrainState] | None = None  # fit's own
+
+    def __call__(self, state: TrainState, event: Event) -> TrainState:
+        kind = type(event)
+        if kind is StepEnd:
+            if state.micro_step:
+                if self.group_start is None:  # the first micro-batch of an accumulation group
+                    self.group_start = state.epoch_batch - 1
+            elif self.group_start is not None:
+                self.group_start = None
+            self.last = state
+            state = self.callback(state, event)
+            self.last = state
+            after = self.after_step
+            return state if after is None else after(state, event)  # type: ignore[arg-type]
+        if kind is Interrupted:
+            return self.interrupt(state, event)  # type: ignore[arg-type]
+        if kind is EpochEnd:  # the epoch's row is in the state before a callback saves it
+            state = _add_row(state, {"epoch": event.epoch, "step": event.step, **event.metrics})  # type: ignore[union-attr]
+        self.last = state
+        state = self.callback(state, event)
+        self.last = state
+        return state
+
+    def interrupt(self, state: TrainState, event: Interrupted) -> TrainState:
+        self.told = event.error
+        if isinstance(event.error, HardInterrupt):
+            return state
+        if state.micro_step and self.group_start is not None:
+            # Inside a gradient-accumulation group the weights are still those of the group's
+            # start and its gradients are not saved: the consistent point is the group's start.
+            state = set_progress(state, micro_step=0, epoch_batch=self.group_start)
+        return self.callback(state, event)
+
+    def failed(self, err: BaseException) -> None:
+        last = self.last
+        if err is self.told or isinstance(err, HardInterrupt) or last is None or not last.is_live:
+            return
+        self.interrupt(
+            last, Interrupted(step=last.step, epoch=last.epoch, reason="exception", error=err)
+        )
 
 
 def _add_row(state: TrainState, row: dict[str, Any]) -> TrainState:
     return set_progress(state, history=(*state.history, row))
-
-
-def _add_epoch_row(state: TrainState, event: EpochEnd) -> TrainState:
-    return _add_row(state, {"epoch": event.epoch, "step": event.step, **event.metrics})
 
 
 def _validate(
@@ -218,16 +292,59 @@ def _check_weights(val_weights: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def _resume(state: TrainState, resume: str | os.PathLike[str]) -> TrainState:
+    """Load what ``resume`` names, deciding by what exists (never by the name's dots)."""
+    check_type("resume", resume, (str, os.PathLike), "a checkpoint file or run directory path")
     path = Path(resume)
-    if path.is_dir() or (not path.exists() and not path.suffix):  # a run directory, maybe new
-        if not path.exists():
-            return state
+    if path.is_dir():  # a run directory: its newest good checkpoint, or a fresh start
         found = latest_checkpoint(path)
         return state if found is None else load(state, found)
-    return load(state, path)
+    if path.exists():
+        return load(state, path)
+    if path.suffix == CHECKPOINT_SUFFIX:  # a checkpoint file that is not there: a typo?
+        msg = (
+            f"`resume` names the checkpoint file {str(path)!r}, which does not exist. Pass an "
+            "existing checkpoint, or a run directory (a new one starts the run)."
+        )
+        raise CheckpointError(msg)
+    return state  # a run directory that does not exist yet: a fresh start
+
+
+def _check_callback_list(callbacks: Any) -> Sequence[Callback]:
+    if callable(callbacks) and not isinstance(callbacks, Sequence):
+        return (callbacks,)
+    if isinstance(callbacks, str | bytes | Mapping) or not isinstance(callbacks, Sequence):
+        msg = (
+            "`callbacks` must be a list of callbacks (state, event) -> state, or () for none "
+            f"(got {describe(callbacks)})."
+        )
+        raise TypeError(msg)
+    return callbacks
+
+
+def check_step_fn(step_fn: Any, where: str) -> None:
+    """Check ``step_fn`` can be called as ``step_fn(state, batch)``."""
+    check_callable("step_fn", step_fn, "(state, batch) -> (state, metrics)", "ftrain.train_step")
+
+
+def _batches_per_epoch(train: Any, limit: int | None) -> int | None:
+    total = num_batches(train)
+    return total if total is None or limit is None else min(total, limit)
+
+
+def _ended(state: TrainState, per_epoch: int | None) -> bool:
+    """Whether ``state``'s epoch is closed: not when every batch of it trained but its end (the
+    `EpochEnd`, validation, epoch checkpoint) did not happen yet, as in a run resumed from a
+    checkpoint taken at its last step."""
+    return not (state.epoch_batch and per_epoch is not None and state.epoch_batch >= per_epoch)
 
 
 def _split_loaders(loaders: Any) -> tuple[Iterable[Any], Iterable[Any] | None]:
+    if loaders is None or isinstance(loaders, str | bytes):
+        msg = (
+            "`loaders` must be a train loader (a DataLoader or any iterable of batches), "
+            f"`(train, val)` or {{'train': ..., 'val': ...}} (got {describe(loaders)})."
+        )
+        raise TypeError(msg)
     if isinstance(loaders, Mapping):
         unknown = set(loaders) - {"train", "val"}
         if "train" not in loaders or unknown:
@@ -239,13 +356,19 @@ def _split_loaders(loaders: Any) -> tuple[Iterable[Any], Iterable[Any] | None]:
         train, val = loaders["train"], loaders.get("val")
     elif type(loaders) is tuple and len(loaders) == 2:
         train, val = loaders
+    elif type(loaders) is tuple:
+        msg = (
+            "`loaders` as a tuple must be (train, val), 2 loaders (got a tuple of "
+            f"{len(loaders)}). Pass a list of batches as a list."
+        )
+        raise ValueError(msg)
     else:
         train, val = loaders, None
     for name, loader in (("train", train), ("val", val)):
         if loader is not None and not isinstance(loader, Iterable):
             msg = (
                 f"`loaders` must give an iterable {name} loader such as a DataLoader (got "
-                f"{type(loader).__name__}). Pass `train`, `(train, val)` or a dict."
+                f"{describe(loader)}). Pass `train`, `(train, val)` or a dict."
             )
             raise TypeError(msg)
     return train, val

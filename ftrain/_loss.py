@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NoReturn
 
 import attrs
 import torch
 from torch import nn
+
+from ._errors import check_type, describe
 
 __all__ = ["Supervised", "supervised"]
 
@@ -25,16 +27,19 @@ class Supervised:
     accuracy: bool | None = None
 
     def __call__(self, model: nn.Module, batch: Any) -> Any:
+        if isinstance(batch, Mapping | str | bytes | torch.Tensor):
+            _not_a_pair(batch)
         try:
             inputs, targets = batch
         except (TypeError, ValueError):
+            _not_a_pair(batch)
+        if type(inputs) is not torch.Tensor and _is_text(inputs):
             msg = (
-                "`batch` for ftrain.supervised must be a pair (inputs, targets) (got "
-                f"{type(batch).__name__}"
-                f"{f' of length {len(batch)}' if hasattr(batch, '__len__') else ''}). "
-                "For other batch layouts write your own loss_fn(model, batch)."
+                "`batch` for ftrain.supervised must hold tensors (got inputs of str: "
+                f"{describe(inputs)}). Turn text into tensors first (tokenize it in the "
+                "dataset or the loader's collate_fn)."
             )
-            raise TypeError(msg) from None
+            raise TypeError(msg)
         outputs = model(inputs)
         loss = self.criterion(outputs, targets)
         acc = self.accuracy
@@ -48,6 +53,23 @@ class Supervised:
             return loss
         correct = outputs.detach().argmax(1) == targets
         return loss, {"acc": correct.float().mean()}
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) or (
+        isinstance(value, list | tuple) and any(isinstance(v, str) for v in value)
+    )
+
+
+def _not_a_pair(batch: Any) -> NoReturn:
+    size = f" of length {len(batch)}" if isinstance(batch, list | tuple) else ""
+    keys = f" with keys {list(batch)[:5]}" if isinstance(batch, Mapping) else ""
+    msg = (
+        "`batch` for ftrain.supervised must be a pair (inputs, targets) (got "
+        f"{type(batch).__name__}{size}{keys}). For other batch layouts write your own "
+        "loss_fn(model, batch)."
+    )
+    raise TypeError(msg)
 
 
 def supervised(
@@ -73,10 +95,12 @@ def supervised(
         >>> sorted(metrics)
         ['acc']
     """
-    if not callable(criterion):
+    if not callable(criterion) or isinstance(criterion, type):
+        hint = f" Instantiate it: {criterion.__name__}()." if isinstance(criterion, type) else ""
         msg = (
             "`criterion` must be a callable loss such as torch.nn.CrossEntropyLoss() "
-            f"(got {type(criterion).__name__})."
+            f"(got {describe(criterion)}).{hint}"
         )
         raise TypeError(msg)
+    check_type("accuracy", accuracy, (bool, type(None)), "True, False or None")
     return Supervised(criterion=criterion, accuracy=accuracy)

@@ -122,10 +122,19 @@ def check_finite(
     if v is None or math.isfinite(v):
         return
     idx = acc.first_nonfinite(key)
-    at = f"at batch {acc.first_step + idx}" if idx is not None else "on another process"
+    at = (
+        f"in the {_ordinal(idx + 1)} batch after step {acc.first_step}"
+        if idx is not None
+        else "on another process"
+    )
     msg = (
-        f"The {key} became {v} during {where} ({at}; counted from step {acc.first_step}). "
+        f"The {key} became {v} during {where} ({at}). "
         "The weights in memory may be poisoned; training stopped before any further checkpoint. "
         "Lower the learning rate, clip gradients (ftrain.with_grad_clip) or check the data."
     )
     raise NonFiniteError(msg)
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"

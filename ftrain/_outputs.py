@@ -220,6 +220,12 @@ def _add_metrics(
     metrics: dict[str, Any], extra: Mapping[str, Any], where: str, *, allow_count: bool
 ) -> None:
     for key, value in extra.items():
+        if type(key) is not str:
+            msg = (
+                f"`{where}` reported a metric named {key!r} ({type(key).__name__}); metric names "
+                "must be str, e.g. {'acc': acc}."
+            )
+            raise TypeError(msg)
         if key in _RESERVED and not (allow_count and key == "count"):
             msg = f"`{where}` reported a metric named {key!r}, which is reserved: " + (
                 "the reported loss is the one the gradient is taken of. Name yours "

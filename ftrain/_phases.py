@@ -98,6 +98,15 @@ def is_due(phase: Phase, step: int) -> bool:
 
 def takes_context(loss_fn: object, where: str = "`loss_fn`") -> bool:
     """Whether ``loss_fn`` is called as ``loss_fn(model, batch, ctx)``; checks it is callable."""
+    if isinstance(loss_fn, torch.nn.modules.loss._Loss) or (
+        isinstance(loss_fn, type) and issubclass(loss_fn, torch.nn.Module)
+    ):
+        msg = (
+            f"{where} must be a function loss_fn(model, batch) -> loss, not a criterion (got "
+            f"{describe(loss_fn)}): a criterion compares outputs with targets and never calls "
+            "the model. Wrap it: loss_fn=ftrain.supervised(torch.nn.MSELoss())."
+        )
+        raise TypeError(msg)
     if not callable(loss_fn):
         msg = (
             f"{where} must be a callable loss_fn(model, batch) or loss_fn(model, batch, ctx) "

@@ -29,7 +29,8 @@ def place(state: TrainState, strategy: Strategy | str | torch.device = "auto") -
         The placed state, recording ``strategy``.
 
     Raises:
-        PlacementError: the state was already placed, or the device is not available.
+        PlacementError: the state was already placed, the device is not available, or it
+            cannot hold weights (``"meta"``); the weights are untouched.
         ValueError: the device string is not one torch knows.
 
     Example:
@@ -61,5 +62,23 @@ def place(state: TrainState, strategy: Strategy | str | torch.device = "auto") -
             f"ftrain.FSDP(), or a device string (got {describe(strategy)})."
         )
         raise TypeError(msg)
+    if isinstance(strategy, SingleDevice):
+        _check_can_hold_weights(strategy.device)
     placed = strategy.setup(state)
     return advance(placed, "place")
+
+
+def _check_can_hold_weights(device: object) -> None:
+    """Refuse, before the weights move, a device that holds no data (they would be lost)."""
+    if isinstance(device, str) and device != "auto":
+        try:
+            device = torch.device(device)
+        except (RuntimeError, ValueError):
+            return  # the strategy names the bad string itself
+    if isinstance(device, torch.device) and device.type == "meta":
+        msg = (
+            f"`device` {str(device)!r} cannot hold the weights: tensors on the meta device have "
+            "shapes but no data, so placing the state there would destroy its weights. Place it "
+            "on 'cpu', 'cuda' or 'mps' (build models on meta only to materialise them yourself)."
+        )
+        raise PlacementError(msg)

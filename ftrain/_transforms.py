@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 import torch
 
-from ._errors import check_int, check_number
+from ._errors import check_int, check_number, describe
 from ._passes import update_scaler
 from ._phases import is_due
 from ._state import TrainState, advance, check_live
@@ -139,7 +139,7 @@ def as_step(step: Step | Callable[..., Any] = train_step) -> Step:
         return Step()
     msg = (
         "`step` must be a ftrain.Step (or ftrain.train_step) so a transform can reach its phases "
-        f"(got {getattr(step, '__name__', type(step).__name__)}). Build yours as "
+        f"(got {describe(step)}). Build yours as "
         "ftrain.Step(forward_backward=..., apply_gradients=...)."
     )
     raise TypeError(msg)

@@ -526,7 +526,9 @@ def test_interrupted_sharded_saves_are_never_resumed_from(tmp_path):
     (tmp_path / ".step-000000009.ckpt.tmp").mkdir()
     with pytest.warns(UserWarning, match="no manifest.json"):
         assert ftrain.latest_checkpoint(tmp_path) == good
-    ftrain.fit(make_classifier(), train, [Checkpoint(tmp_path, every_n_epochs=None)], max_steps=1)
+    ckpt = Checkpoint(tmp_path, every_n_epochs=None)
+    with pytest.warns(UserWarning, match="no manifest.json"):
+        ftrain.fit(make_classifier(), train, [ckpt], max_steps=1, resume=tmp_path)
     assert not (tmp_path / ".step-000000009.ckpt.tmp").exists()  # removed when fit starts
 
 

@@ -34,6 +34,7 @@ from ._rundir import (
 from ._runstate import restore_runstate, runstate_record
 from ._sharded import load_sharded, save_sharded
 from ._tensors import load_full, nonfinite_parameters, state_dicts
+from ._verify import check_kinds, check_record, state_kinds
 
 __all__ = [
     "checkpoint_name",
@@ -49,6 +50,14 @@ __all__ = [
 
 _PATH = (str, os.PathLike)
 _PATH_WORDS = "a str or os.PathLike"
+
+
+def _checkpoint_path(path: object) -> Path:
+    check_type("path", path, _PATH, _PATH_WORDS)
+    if not os.fspath(path):  # type: ignore[call-overload]
+        msg = "`path` must name a checkpoint file (got an empty path '')."
+        raise ValueError(msg)
+    return Path(path)  # type: ignore[arg-type]
 
 
 def save(state: TrainState, path: str | os.PathLike[str]) -> Path:
@@ -79,8 +88,13 @@ def save(state: TrainState, path: str | os.PathLike[str]) -> Path:
         0
     """
     check_live(state, "save")
-    check_type("path", path, _PATH, _PATH_WORDS)
-    target = Path(path)
+    target = _checkpoint_path(path)
+    if target.is_dir() and not state.strategy.sharded_checkpoint:
+        msg = (
+            f"`path` {str(path)!r} is a directory: give save a file path, e.g. "
+            f"{str(target / 'last.ckpt')!r}."
+        )
+        raise ValueError(msg)
     bad = nonfinite_parameters(state)
     if bad:
         msg = (
@@ -135,10 +149,12 @@ def load(
         (1, False)
     """
     check_live(state, "load")
-    check_type("path", path, _PATH, _PATH_WORDS)
-    source = Path(path)
+    source = _checkpoint_path(path)
     data = read_verified(source)
+    # Everything is checked before anything is copied: a refused load leaves the template as is.
+    check_record(data, source)
     callback_state = decode(data["callback_state"], "callback_state")
+    check_kinds(source, data.get("kinds"), state_kinds(state))
     extras = {**state.extras, **decode(data["extras"], "extras")}
     carry = restore_carry(data["carry"], state, str(path), reset_carry)
     schedulers = data["schedulers"]
@@ -161,7 +177,7 @@ def load(
         load_sharded(state, source, data, averages=average_shards)
     else:
         groups = {name: sd["param_groups"] for name, sd in data["optimizers"].items()}
-        check_matches(state, source, shapes(data["model"]), groups, data["kinds"])
+        check_matches(state, source, shapes(data["model"]), groups)
         load_full(state, data)
     for _, obj, saved in pairs:
         if saved is not None:
@@ -220,8 +236,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         >>> meta["step"], sorted(model)
         (1, ['bias', 'weight'])
     """
-    check_type("path", path, _PATH, _PATH_WORDS)
-    data = read_verified(Path(path))
+    source = _checkpoint_path(path)
+    data = read_verified(source)
+    check_record(data, source)
     data["callback_state"] = decode(data["callback_state"], "callback_state")
     data["extras"] = decode(data["extras"], "extras")
     data["history"] = decode(data.get("history", []), "history")

@@ -20,9 +20,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import secrets
 import shutil
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -30,7 +30,15 @@ import torch
 
 from .._errors import CheckpointError
 
-__all__ = ["FORMAT_VERSION", "fsync_dir", "read_file", "remove", "write_file", "write_record"]
+__all__ = [
+    "FORMAT_VERSION",
+    "fsync_dir",
+    "read_file",
+    "remove",
+    "sibling",
+    "write_file",
+    "write_record",
+]
 
 MAGIC = b"FTRAINCK"
 FORMAT_VERSION = 2
@@ -48,18 +56,45 @@ def write_record(f: BinaryIO, data: dict[str, Any]) -> None:
     os.fsync(f.fileno())
 
 
+_NAME_MAX = 255  # bytes in one file name, on every common file system
+_TAG_ROOM = 32  # what `sibling` adds around the target's name, at most
+
+
+def sibling(target: Path, tag: str) -> Path:
+    """A hidden name beside ``target`` for a temporary or old copy: ``.<name>.<tag>``.
+
+    The target's name is clipped so the result fits the file-name limit whatever the target's
+    length (a 255-byte target name is valid; a name 15 bytes longer is not).
+    """
+    name = target.name.encode()[: _NAME_MAX - _TAG_ROOM].decode(errors="ignore")
+    return target.with_name(f".{name}.{tag}")
+
+
 def write_file(target: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` to ``target`` atomically: temporary file, fsync, rename, fsync directory."""
+    """Write ``data`` to ``target`` atomically: temporary file, fsync, rename, fsync directory.
+
+    The file gets the permissions `open` would give it (0666 less the umask), not the 0600 of
+    a private temporary file, so other users' jobs can read checkpoints where the umask allows.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    while True:
+        tmp = sibling(target, f"{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY, 0o666)
+        except FileExistsError:  # pragma: no cover - 32 random bits taken
+            continue
+        break
     try:
         with os.fdopen(fd, "wb") as f:
             write_record(f, data)
         os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     fsync_dir(target.parent)
+
+
+_O_BINARY = getattr(os, "O_BINARY", 0)  # Windows
 
 
 def fsync_dir(directory: Path) -> None:

@@ -13,7 +13,7 @@ from .._errors import CheckpointError
 if TYPE_CHECKING:
     from .._state import TrainState
 
-__all__ = ["check_matches", "kinds", "mismatch_report", "shapes"]
+__all__ = ["check_matches", "mismatch_report", "shapes"]
 
 Shapes = Mapping[str, tuple[int, ...] | None]  # a key's shape; None for a non-tensor value
 
@@ -60,7 +60,6 @@ def check_matches(
     path: Path,
     saved: Shapes,
     saved_groups: Mapping[str, Sequence[Mapping[str, Any]]],
-    saved_kinds: Mapping[str, Any] | None = None,
 ) -> None:
     """Raise `CheckpointError` naming every difference between ``state`` and the checkpoint.
 
@@ -69,7 +68,6 @@ def check_matches(
         path: the checkpoint, for the message.
         saved: the shapes of the checkpoint's model state.
         saved_groups: the checkpoint's optimizer parameter groups, by phase name.
-        saved_kinds: the class names of the checkpoint's optimizers and schedulers, by phase.
     """
     names = [p.name for p in state.phases]
     problems = mismatch_report(
@@ -83,15 +81,6 @@ def check_matches(
             f"optimizers of the phases {sorted(saved_groups)} in the checkpoint vs "
             f"{sorted(names)} in the template"
         )
-    own_kinds = kinds(state)
-    for name, kind in (saved_kinds or {}).items():
-        if name in own_kinds and own_kinds[name] != kind:
-            where = f"phase {name!r}" if name else "the state"
-            problems.append(
-                f"{where} has a {own_kinds[name]['optimizer']} optimizer and scheduler "
-                f"{own_kinds[name]['scheduler']} in the template but {kind['optimizer']} and "
-                f"{kind['scheduler']} in the checkpoint"
-            )
     if problems:
         msg = (
             f"Checkpoint {str(path)!r} does not match the template state: "
@@ -99,14 +88,3 @@ def check_matches(
             + ". Load it into a state built like the one that saved it."
         )
         raise CheckpointError(msg)
-
-
-def kinds(state: TrainState) -> dict[str, dict[str, str | None]]:
-    """The class names of every phase's optimizer and scheduler (None: no scheduler)."""
-    return {
-        p.name: {
-            "optimizer": type(p.optimizer).__name__,
-            "scheduler": None if p.scheduler is None else type(p.scheduler).__name__,
-        }
-        for p in state.phases
-    }

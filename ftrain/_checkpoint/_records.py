@@ -17,7 +17,7 @@ import torch
 
 from .._errors import CheckpointError, describe
 from .._outputs import UNSET
-from ._match import kinds
+from ._verify import state_kinds
 
 if TYPE_CHECKING:
     from .._state import TrainState
@@ -63,7 +63,7 @@ def state_record(state: TrainState) -> dict[str, Any]:
         "schedulers": {
             p.name: None if p.scheduler is None else p.scheduler.state_dict() for p in state.phases
         },
-        "kinds": kinds(state),
+        "kinds": state_kinds(state),
         "scaler": None if state.scaler is None else state.scaler.state_dict(),
         "callback_state": encode(dict(state.callback_state), "callback_state"),
         "extras": encode(dict(state.extras), "extras"),

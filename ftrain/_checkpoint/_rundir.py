@@ -14,7 +14,7 @@ from typing import Any
 
 from .._errors import CheckpointError, check_type
 from ._format import read_file, remove
-from ._sharded import read_directory
+from ._sharded import MANIFEST, read_directory
 
 __all__ = [
     "checkpoint_name",
@@ -41,7 +41,26 @@ def read_verified(path: Path) -> dict[str, Any]:
     Raises:
         CheckpointError: with the file name and what is wrong with it.
     """
-    return read_directory(path) if path.is_dir() else read_file(path)
+    if not path.is_dir():
+        return read_file(path)
+    if not (path / MANIFEST).exists():  # not a shard directory: say what it is instead
+        found = list_checkpoints(path)
+        if found:
+            msg = (
+                f"{str(path)!r} is a run directory holding {len(found)} checkpoint(s), not a "
+                f"checkpoint: load one of its files, e.g. {str(found[-1])!r}, or the newest that "
+                "validates: ftrain.load(template, ftrain.latest_checkpoint(directory))."
+            )
+        elif not any(path.iterdir()):
+            msg = f"{str(path)!r} is an empty directory, not a checkpoint."
+        else:
+            msg = (
+                f"Checkpoint directory {str(path)!r} has no manifest.json: it is neither a "
+                "checkpoint file nor a complete directory of shards (an interrupted sharded "
+                "save leaves one)."
+            )
+        raise CheckpointError(msg)
+    return read_directory(path)
 
 
 def list_checkpoints(directory: str | os.PathLike[str]) -> list[Path]:
@@ -67,6 +86,12 @@ def latest_checkpoint(directory: str | os.PathLike[str]) -> Path | None:
         True
     """
     check_type("directory", directory, (str, os.PathLike), "a str or os.PathLike")
+    if Path(directory).exists() and not Path(directory).is_dir():
+        msg = (
+            f"`directory` must be a directory of checkpoints (got the file {str(directory)!r}; "
+            "load a file with ftrain.load directly)."
+        )
+        raise ValueError(msg)
     for path in reversed(list_checkpoints(directory)):
         try:
             read_verified(path)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._errors import CheckpointError
-from ._format import fsync_dir, read_file, remove, write_record
+from ._format import fsync_dir, read_file, remove, sibling, write_record
 from ._match import check_matches
 from ._restricted import read_metadata, safe_planner, safe_reader
 from ._tensors import load_hyperparameters, state_dicts
@@ -60,7 +60,7 @@ def save_sharded(
     from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
     model_sd, optims = state_dicts(state, full=False)
-    tmp = target.parent / f".{target.name}.tmp"
+    tmp = sibling(target, "tmp")
     distributed = dist.is_available() and dist.is_initialized()
     if state.rank == 0:
         remove(tmp)
@@ -86,7 +86,7 @@ def save_sharded(
             write_record(f, record)
         write_manifest(tmp, state.world_size)  # last: a directory without it never validates
         fsync_dir(tmp)
-        old = target.parent / f".{target.name}.old"
+        old = sibling(target, "old")
         if target.exists():
             remove(old)
             os.replace(target, old)
@@ -125,7 +125,7 @@ def load_sharded(
         for k, v in metadata.state_dict_metadata.items()
         if k.startswith("model.")
     }
-    check_matches(state, directory, saved, sharded["param_groups"], data.get("kinds"))
+    check_matches(state, directory, saved, sharded["param_groups"])
     with_state = set(sharded["optimizer_state"])
     model_sd = get_model_state_dict(state.model)
     optim_sds = {}

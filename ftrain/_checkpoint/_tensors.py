@@ -7,7 +7,8 @@ number of processes. They are imported when needed, not with ftrain (about 0.8 s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -25,8 +26,9 @@ def state_dicts(
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """The model's state dict and every optimizer's, by phase name; ``full`` gathers on the CPU.
 
-    Leaves a fresh optimizer as it was: torch's state-dict API initialises its state with a zero
-    step (Adam's step counter becomes 1), and saving must not change training.
+    Never steps the optimizer: torch's state-dict API initialises an optimizer without state
+    (one that never stepped, or a stateless one such as plain SGD) by stepping it with zero
+    gradients, which would fire the user's optimizer hooks and, for Adam, count a step.
     """
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
@@ -38,14 +40,30 @@ def state_dicts(
     model_sd = get_model_state_dict(state.model, options=options)
     optimizers = {}
     for phase in state.phases:
-        optimizer = phase.optimizer
-        fresh = not optimizer.state
-        optim_sd = get_optimizer_state_dict(state.model, optimizer, options=options)
-        if fresh:
-            optimizer.state.clear()
-            optim_sd["state"] = {}
-        optimizers[phase.name] = optim_sd
+        with _no_optimizer_init(phase.optimizer):
+            optimizers[phase.name] = get_optimizer_state_dict(
+                state.model, phase.optimizer, options=options
+            )
     return model_sd, optimizers
+
+
+@contextlib.contextmanager
+def _no_optimizer_init(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """Keep torch's state-dict helper from stepping an optimizer that has no state.
+
+    The helper skips its initialising step when any parameter has a gradient, so one parameter
+    (the smallest) gets a zero gradient for the duration, and loses it again afterwards.
+    """
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    if optimizer.state or not params or any(p.grad is not None for p in params):
+        yield
+        return
+    smallest = min(params, key=lambda p: p.numel())
+    smallest.grad = torch.zeros_like(smallest)
+    try:
+        yield
+    finally:
+        smallest.grad = None
 
 
 def load_full(state: TrainState, data: Mapping[str, Any]) -> None:

@@ -19,7 +19,8 @@ from .._checkpoint import (
     remove_leftovers,
     save,
 )
-from .._errors import FtrainError, check_int, check_type
+from .._checkpoint._lock import acquire, holds, new_run_id, release
+from .._errors import CheckpointError, FtrainError, NonFiniteError, check_int, check_type
 from .._events import EpochEnd, EvalEnd, Event, FitEnd, FitStart, Interrupted, IntervalEnd
 from .._state import TrainState
 from ._mode import resolve_mode
@@ -31,14 +32,16 @@ __all__ = ["Checkpoint", "CheckpointState"]
 @attrs.frozen
 class CheckpointState:
     """Checkpoint's memory: the retained best files as ``(value, name)``, best first, the last
-    file written, and how often the current `fit` validates and where it ends (from its
-    `FitStart`). Read the paths with `Checkpoint.best_path` and `Checkpoint.last_path`."""
+    file written, how often the current `fit` validates and where it ends (from its `FitStart`),
+    and the id of the run (made when the run starts, kept across resumes). Read the paths with
+    `Checkpoint.best_path` and `Checkpoint.last_path`."""
 
     best: tuple[tuple[float, str], ...] = ()
     last: str | None = None
     val_every_n_epochs: int | None = None
     limits: tuple[int | None, int | None] = (None, None)
     """``(max_epochs, max_steps)`` of the current `fit`."""
+    run_id: str | None = None
 
 
 class Checkpoint:
@@ -58,6 +61,13 @@ class Checkpoint:
 
     Old files are deleted only after the new one is committed (written, fsynced, renamed), and
     leftover temporary files of interrupted writes are removed when `fit` starts.
+
+    A directory belongs to one run. The run gets an id when it starts (kept in its checkpoints,
+    so a resume is the same run), and while `fit` runs a lock file, ``ftrain.lock``, names the
+    run, host and process writing there. A second run starting in the directory is refused with
+    a `CheckpointError` naming the first, whether that one is still training or finished and
+    left its checkpoints; a resume of the same run takes the directory back, also after a kill
+    (its process is dead on this host). See the reliability page for the rules.
 
     Args:
         dirpath: the directory for checkpoints (created if missing).
@@ -87,11 +97,13 @@ class Checkpoint:
         save_on_interrupt: bool = True,
         name: str = "checkpoint",
     ):
+        check_type("dirpath", dirpath, (str, os.PathLike), "a directory path (str or os.PathLike)")
         check_int("every_n_steps", every_n_steps, minimum=1, optional=True)
         check_int("every_n_epochs", every_n_epochs, minimum=1, optional=True)
         check_type("monitor", monitor, (str, type(None)), "a metric name (str) or None")
         check_int("save_top_k", save_top_k)
         check_int("keep_last", keep_last, minimum=1)
+        check_type("save_on_interrupt", save_on_interrupt, bool, "a bool")
         check_type("name", name, str, "a str")
         self.dirpath = Path(dirpath)
         self.every_n_steps = every_n_steps
@@ -105,15 +117,18 @@ class Checkpoint:
 
     def __call__(self, state: TrainState, event: Event) -> TrainState:
         if isinstance(event, FitStart):
-            self._start(event)
             memory = self._memory(state)
-            fit_memory = attrs.evolve(
+            run_id = memory.run_id or new_run_id()
+            # A run is new when nothing of it was saved before: no id and no step trained.
+            fresh = memory.run_id is None and state.step == 0
+            self._start(state, event, run_id, fresh=fresh)
+            memory = attrs.evolve(
                 memory,
                 val_every_n_epochs=event.val_every_n_epochs,
                 limits=(event.max_epochs, event.max_steps),
+                run_id=run_id,
             )
-            if fit_memory != memory:
-                return state.replace(callback_state={**state.callback_state, self.name: fit_memory})
+            return state.replace(callback_state={**state.callback_state, self.name: memory})
         elif isinstance(event, IntervalEnd):
             if self.every_n_steps and event.step % self.every_n_steps == 0:
                 return self.save(state, event.metrics)
@@ -124,16 +139,22 @@ class Checkpoint:
             at_epoch_end = state.epoch_batch == 0 and state.epoch == event.epoch + 1
             if at_epoch_end and self._epoch_due(event.epoch):
                 return self.save(state, event.metrics)
-        elif isinstance(event, FitEnd):
-            if self._reached_limit(state) and self._memory(state).last != checkpoint_name(
-                state.step
-            ):
-                return self.save(state, {})
-        elif isinstance(event, Interrupted) and self.save_on_interrupt:
+        elif isinstance(event, Interrupted):
             try:
-                return self.save(state, {})
+                if self._saves_at(state, event):
+                    state = self.save(state, {})
             except (FtrainError, OSError) as err:
                 warnings.warn(f"No checkpoint written at the interruption: {err}", stacklevel=2)
+            finally:
+                self._release(state)
+        elif isinstance(event, FitEnd):
+            try:  # a run that reached its limits ends with a checkpoint of where it stopped
+                if self._reached_limit(state) and self._memory(state).last != checkpoint_name(
+                    state.step
+                ):
+                    state = self.save(state, {})
+            finally:
+                self._release(state)
         return state
 
     def save(self, state: TrainState, metrics: Mapping[str, Any]) -> TrainState:
@@ -178,7 +199,7 @@ class Checkpoint:
             max_steps is not None and state.step >= max_steps
         )
 
-    def _start(self, event: FitStart) -> None:
+    def _start(self, state: TrainState, event: FitStart, run_id: str, *, fresh: bool) -> None:
         if self.every_n_steps and self.every_n_steps % event.log_every_n_steps:
             msg = (
                 f"Checkpoint `every_n_steps` ({self.every_n_steps}) must be a multiple of fit's "
@@ -186,7 +207,49 @@ class Checkpoint:
                 "log-interval ends, where the epoch's logs are complete."
             )
             raise ValueError(msg)
-        remove_leftovers(self.dirpath)
+        self._check_dirpath()
+        if state.rank == 0:  # the process that writes the files
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+            has_checkpoints = bool(list_checkpoints(self.dirpath))
+            acquire(self.dirpath, run_id, has_checkpoints=has_checkpoints, fresh=fresh)
+            remove_leftovers(self.dirpath)  # only once the directory is this run's
+
+    def _check_dirpath(self) -> None:
+        path = self.dirpath
+        if path.is_symlink() and not path.exists():
+            msg = (
+                f"Checkpoint `dirpath` {str(path)!r} is a dangling symlink (to "
+                f"{os.readlink(path)!r}, which is gone): point it at a directory or remove it."
+            )
+            raise CheckpointError(msg)
+        if path.exists() and not path.is_dir():
+            msg = (
+                f"Checkpoint `dirpath` {str(path)!r} is a file, not a directory: give "
+                "Checkpoint a directory to write its checkpoints into."
+            )
+            raise CheckpointError(msg)
+        for parent in path.parents:
+            if parent.exists() and not parent.is_dir():
+                msg = (
+                    f"Checkpoint `dirpath` {str(path)!r} cannot be created: {str(parent)!r} is a "
+                    "file, not a directory."
+                )
+                raise CheckpointError(msg)
+
+    def _saves_at(self, state: TrainState, event: Interrupted) -> bool:
+        # Never from weights a NaN may have reached, and only into a directory this run holds
+        # (a failure at FitStart, e.g. another run's lock, must not write there).
+        if not self.save_on_interrupt or isinstance(event.error, NonFiniteError):
+            return False
+        return state.rank != 0 or holds(self.dirpath, self._memory(state).run_id)
+
+    def _release(self, state: TrainState) -> None:
+        run_id = self._memory(state).run_id
+        if state.rank == 0 and run_id is not None and self.dirpath.is_dir():
+            try:
+                release(self.dirpath, run_id)
+            except (FtrainError, OSError) as err:
+                warnings.warn(f"Could not release the checkpoint directory: {err}", stacklevel=3)
 
     def _epoch_due(self, epoch: int) -> bool:
         return self.every_n_epochs is not None and (epoch + 1) % self.every_n_epochs == 0

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .._errors import check_type
 from .._events import EpochEnd, EvalEnd, Event, FitEnd, IntervalEnd
 from .._optional import require
 from .._state import TrainState
@@ -44,6 +45,9 @@ class CSVLogger:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, append: bool = False):
+        check_type(
+            "path", path, (str, os.PathLike), "a file or directory path (str or os.PathLike)"
+        )
         p = Path(path)
         self.path = p / "metrics.csv" if p.suffix != ".csv" else p
         self._rows: list[dict[str, Any]] = []

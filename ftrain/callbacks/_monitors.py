@@ -80,6 +80,16 @@ class TerminateOnNaN:
     name: str = "terminate_on_nan"
 
     def __attrs_post_init__(self) -> None:
+        if self.monitor is not None and (
+            isinstance(self.monitor, str)
+            or not isinstance(self.monitor, Sequence)
+            or not all(isinstance(k, str) for k in self.monitor)
+        ):
+            msg = (
+                "`monitor` must be a list of metric names such as ['val_loss'], or None for all "
+                f"(got {describe(self.monitor)})."
+            )
+            raise TypeError(msg)
         check_int("check_every_n_steps", self.check_every_n_steps, minimum=1, optional=True)
         check_type("name", self.name, str, "a str")
 
