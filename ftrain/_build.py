@@ -169,8 +169,8 @@ def single_phase(
             n for n, v in (("optimizer", optimizer), ("loss_fn", loss_fn)) if v is None
         )
         msg = (
-            f"`TrainState.create` needs `{missing}` (or `phases=[ftrain.Phase(...), ...]` for "
-            "several optimizers)."
+            f"`TrainState.create` needs `{missing}` (got None; or `phases=[ftrain.Phase(...), "
+            "...]` for several optimizers)."
         )
         raise TypeError(msg)
     if not isinstance(optimizer, Optimizer):

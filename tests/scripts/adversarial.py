@@ -778,7 +778,10 @@ def _section(data: dict[str, Any], role: str) -> str:
             continue
         if role == "model" and value and all(isinstance(v, torch.Tensor) for v in value.values()):
             return key
-        if role == "optimizer" and "param_groups" in value:
+        if role == "optimizer" and (
+            "param_groups" in value  # one optimizer, or one per named phase:
+            or any(isinstance(v, dict) and "param_groups" in v for v in value.values())
+        ):
             return key
         if role == "counters" and "step" in value:
             return key
@@ -1601,8 +1604,8 @@ def _resume_last_step(limit: str) -> Callable[[Path], str]:
             problems.append(f"events {sorted(set(rec.events))}: no EpochEnd/EvalEnd")
         if resumed.epoch != straight.epoch:
             problems.append(f"epoch {resumed.epoch} vs {straight.epoch}")
-        if len(history) != 1 or "val_loss" not in history[-1]:
-            problems.append(f"history {len(history)} rows")
+        if len(history) != len(straight_history) or "val_loss" not in history[-1]:
+            problems.append(f"history {len(history)} rows, {len(straight_history)} straight")
         elif history[-1]["val_loss"] != straight_history[-1]["val_loss"]:
             problems.append("val_loss differs")
         found = latest(d)
