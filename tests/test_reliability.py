@@ -293,7 +293,7 @@ def test_a_scheduler_of_another_kind_is_refused(tmp_path):
         ftrain.load(_state(sgd, lambda o: torch.optim.lr_scheduler.ExponentialLR(o, 0.9)), path)
 
 
-@pytest.mark.parametrize("section", ["model", "optimizer", "meta"])
+@pytest.mark.parametrize("section", ["model", "optimizers", "meta"])
 def test_a_checkpoint_with_a_section_missing_is_refused_by_name(tmp_path, section):
     from ftrain._checkpoint._format import write_file
 

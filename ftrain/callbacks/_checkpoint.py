@@ -149,9 +149,9 @@ class Checkpoint:
                 self._release(state)
         elif isinstance(event, FitEnd):
             try:  # a run that reached its limits ends with a checkpoint of where it stopped
-                if self._reached_limit(state) and self._memory(state).last != checkpoint_name(
-                    state.step
-                ):
+                name = checkpoint_name(state.step)
+                saved = self._memory(state).last == name or (self.dirpath / name).exists()
+                if self._reached_limit(state) and not saved:
                     state = self.save(state, {})
             finally:
                 self._release(state)
