@@ -158,7 +158,8 @@ def assert_overfits(
 def find_unused_parameters(state: TrainState, batch: Any) -> list[str]:
     """Names of trainable parameters that get no gradient from ``loss_fn`` on ``batch``.
 
-    Runs `forward_backward` on a fork, so ``state`` is not consumed.
+    Runs `forward_backward` on a fork, so ``state`` is not consumed; on a state with named
+    phases, every phase's, in order (each phase's parameters get gradients only from its own loss).
 
     Example:
         >>> import ftrain
@@ -166,7 +167,11 @@ def find_unused_parameters(state: TrainState, batch: Any) -> list[str]:
         >>> find_unused_parameters(toy_state(), toy_batch())
         []
     """
-    work, _ = forward_backward(fork(state), batch)
+    work = fork(state)
+    if not work.phases[0].name:
+        work, _ = forward_backward(work, batch)
+    for phase in work.phases if work.phases[0].name else ():
+        work, _ = forward_backward(work, batch, phase=phase.name)
     return [n for n, p in work.model.named_parameters() if p.requires_grad and p.grad is None]
 
 

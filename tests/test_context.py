@@ -118,3 +118,37 @@ def test_single_optimizer_views_on_a_state():
     assert state.optimizers == {"": state.optimizer} and state.schedulers == {"": None}
     other = torch.optim.SGD(state.model.parameters(), lr=0.5)
     assert state.replace(optimizer=other).optimizer is other
+
+
+def _counting_state():
+    def loss_fn(model, batch, ctx):
+        x, y = batch
+        loss = ((model(x) - y) ** 2).mean()
+        return ftrain.Loss(loss, carry=ctx.carry + x.sum().detach())
+
+    return _state(loss_fn, carry_init=lambda model, batch: torch.zeros(()))
+
+
+def test_the_carry_survives_save_and_load_mid_epoch(tmp_path):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x, y = (torch.cat(t) for t in zip(*_batches(4), strict=True))
+    batches = DataLoader(TensorDataset(x, y), batch_size=4)
+    state, _ = ftrain.train_epoch(_counting_state(), batches, max_steps=2)
+    path = ftrain.save(state, tmp_path / "mid.ckpt")
+    restored = ftrain.load(_counting_state(), path)
+    assert torch.equal(restored.carry, state.carry) and restored.epoch_batch == 2
+    straight, _ = ftrain.train_epoch(state, batches)
+    resumed, _ = ftrain.train_epoch(restored, batches)
+    assert torch.equal(straight.carry, resumed.carry)
+    ftrain.testing.assert_states_equal(straight, resumed)
+
+
+def test_a_carry_saved_by_another_number_of_processes_is_refused_or_reset():
+    from ftrain._checkpoint._records import restore_carry
+    from ftrain._outputs import UNSET
+
+    saved = {"world_size": 2, "ranks": [[torch.ones(1)], [torch.zeros(1)]]}
+    with pytest.raises(ftrain.CheckpointError, match="reset_carry=True"):
+        restore_carry(saved, _counting_state(), "x.ckpt", reset=False)
+    assert restore_carry(saved, _counting_state(), "x.ckpt", reset=True) is UNSET

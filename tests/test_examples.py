@@ -145,3 +145,21 @@ def test_vae_example_logs_per_digit_and_saves_sampled_digits(tmp_path, precision
     assert 10 < float(match.group(1)) < 60
     for epoch in (1, 2):
         assert (tmp_path / f"samples-epoch{epoch}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.timeout(300)
+def test_gan_example_trains_two_phases_and_saves_a_grid_each_epoch(tmp_path):
+    out = _run("gan.py", "--epochs", "2", "--limit-batches", "5", "--out", str(tmp_path))
+    assert re.search(r"gan: 2 epochs, 10 steps, d_loss \d\.\d+, g_loss \d\.\d+", out), out
+    grids = sorted(tmp_path.glob("epoch-*.png"))
+    assert len(grids) == 2 and grids[0].read_bytes()[:4] == b"\x89PNG"
+    resumed = _run("gan.py", "--epochs", "3", "--limit-batches", "5", "--out", str(tmp_path),
+                   "--resume")  # fmt: skip
+    assert "gan: 3 epochs, 15 steps" in resumed
+
+
+@pytest.mark.timeout(300)
+def test_distillation_example_keeps_the_teacher_frozen():
+    out = _run("distillation.py", "--epochs", "2", "--teacher-epochs", "1", "--limit-batches", "5")
+    assert re.search(r"distillation: 10 steps, student val_acc \d\.\d+", out), out
+    assert "the teacher got no gradients: True" in out

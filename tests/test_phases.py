@@ -205,3 +205,31 @@ def test_mixed_precision_trains_a_gan_with_one_scaler_for_all_optimizers(precisi
     assert all(not torch.equal(a, b) for a, b in zip(before, state.model.parameters(), strict=True))
     if precision == "16-mixed":  # updated once per step, whatever the number of optimizers
         assert state.scaler._growth_tracker.item() == 3 and float(metrics["skipped"]) == 0.0
+
+
+def test_skip_nonfinite_skips_only_the_phase_that_went_non_finite():
+    state = gan.make_dcgan()
+    real = gan.batches(1)[0]
+    poisoned = attrs.evolve(
+        state.phases[1], loss_fn=lambda m, b, ctx: gan.g_loss(m, b, ctx) * float("nan")
+    )
+    state = state.replace(phases=(state.phases[0], poisoned))
+    g_before = [p.clone() for p in state.model["generator"].parameters()]
+    d_before = [p.clone() for p in state.model["discriminator"].parameters()]
+    state, metrics = ftrain.with_skip_nonfinite()(state, real)
+    assert float(metrics["g_skipped"]) == 1.0 and float(metrics["d_skipped"]) == 0.0
+    assert state.step == 1
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(g_before, state.model["generator"].parameters(), strict=True)
+    )
+    assert not all(
+        torch.equal(a, b)
+        for a, b in zip(d_before, state.model["discriminator"].parameters(), strict=True)
+    )
+
+
+def test_the_testing_kit_works_on_a_gan():
+    state, batch = gan.make_dcgan(), gan.batches(1)[0]
+    assert ftrain.testing.find_unused_parameters(state, batch) == []
+    ftrain.testing.assert_pure_step(state, batch)
