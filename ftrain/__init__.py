@@ -45,14 +45,14 @@ from ._events import IntervalEnd as IntervalEnd
 from ._events import StepEnd as StepEnd
 from ._fit import fit as fit
 from ._fork import fork as fork
+from ._inference import Inference as Inference
+from ._inference import inference as inference
 from ._loss import supervised as supervised
 from ._outputs import Loss as Loss
 from ._outputs import StepContext as StepContext
 from ._phases import Phase as Phase
 from ._place import place as place
 from ._plot import plot_history as plot_history
-from ._predict import Inference as Inference
-from ._predict import inference as inference
 from ._predict import predict as predict
 from ._prefetch import DevicePrefetcher as DevicePrefetcher
 from ._schedulers import step_scheduler as step_scheduler

@@ -1,32 +1,31 @@
-"""Running the model outside a step: `predict` over a loader and `inference` for code of your own.
+"""`predict`: the model's outputs over a loader, outside a step, in dataset order.
 
-Both run under the state's placement and precision: batches move to the state's device (cast to
+It runs under the state's placement and precision: batches move to the state's device (cast to
 the weights' dtype under ``*-true`` precision), forwards autocast under ``*-mixed``, every module
 is in eval mode (each one's flag restored afterwards) and no gradient is recorded. Randomness is
-drawn from the prediction and inference streams of the state (see `seed_site`).
+drawn from the state's prediction stream (see `seed_site`), one draw site per batch.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import attrs
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, IterableDataset
 
-from ._batch import batch_size, cast_floating, move
+from ._batch import batch_size
 from ._collectives import agree_on_batches
 from ._data import EpochSampler, _rebuild
 from ._errors import check_int, describe
+from ._passes import autocast, prepare
 from ._state import TrainState, check_live
 from ._step import eval_mode
-from ._streams import INFERENCE, PREDICT, seed_site, site_generator
+from ._streams import PREDICT, seed_site
 
-__all__ = ["Inference", "inference", "predict"]
+__all__ = ["predict"]
 
 Forward = Callable[[nn.Module, Any], Any]
 
@@ -89,7 +88,7 @@ def predict(
     outputs: list[Any] = []
     counts: list[int] = []
     batch = None
-    with eval_mode(state.model), torch.no_grad(), _autocast(state):
+    with eval_mode(state.model), torch.no_grad(), autocast(state):
         total = _length(loader, max_batches)
         most = None
         if state.world_size > 1 and total is not None and state.strategy.lockstep_eval:
@@ -120,78 +119,8 @@ def predict(
     return [_tree_map(lambda t, s=s: t[s : s + size], ordered) for s in range(0, n, size)]
 
 
-@attrs.frozen
-class Inference:
-    """What `inference` gives: the model to call and how to bring inputs to it.
-
-    Attributes:
-        model: the module to call (the state's model, unwrapped where the wrapper's forward
-            would sync processes); submodules and methods can be called too.
-        device: where inputs go.
-        dtype: the dtype floating-point inputs are cast to (``*-true`` precision), or None.
-        generator: a CPU `torch.Generator` seeded from the state's inference stream (seed,
-            stream id, step, rank): draw sampling noise from it.
-    """
-
-    model: nn.Module
-    device: torch.device
-    dtype: torch.dtype | None
-    generator: torch.Generator
-
-    def move(self, inputs: Any) -> Any:
-        """``inputs`` (tensors in any nesting) on the device, floating ones in the model's dtype."""
-        inputs = move(inputs, self.device)
-        return inputs if self.dtype is None else cast_floating(inputs, self.dtype)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Call the model on the moved arguments."""
-        return self.model(*self.move(args), **self.move(kwargs))
-
-
-@contextlib.contextmanager
-def inference(state: TrainState) -> Iterator[Inference]:
-    """Run the model of ``state`` in code of your own, under its placement and precision.
-
-    Inside the block every module is in eval mode, no gradient is recorded, forwards autocast
-    under ``*-mixed`` precision, and torch's default generator is seeded from the state's
-    inference stream. Inputs go through ``run.move`` (or call ``run(...)``), which puts them on
-    the state's device and casts floating-point ones under ``*-true`` precision, so a forward of
-    your own (sampling images, generating text) runs as the training step would. Each module's
-    ``training`` flag is restored on exit. Outputs are tensors on the state's device, in the
-    compute dtype (``bfloat16`` under ``bf16-*``): convert them as you need
-    (``.float().cpu()``).
-
-    Args:
-        state: a live state; left as it was.
-
-    Yields:
-        An `Inference`: ``run.model``, ``run.move(x)``, ``run(x)`` and ``run.generator``.
-
-    Example:
-        >>> import torch, ftrain
-        >>> state = ftrain.testing.toy_state()
-        >>> with ftrain.inference(state) as run:
-        ...     x = torch.randn(5, 2, generator=run.generator)
-        ...     y = run(x)
-        >>> y.shape, y.requires_grad, state.model.training
-        (torch.Size([5, 3]), False, True)
-    """
-    check_live(state, "inference")
-    seed_site(state, INFERENCE)
-    run = Inference(
-        model=state.strategy.eval_module(state),
-        device=state.device,
-        dtype=state.batch_dtype,
-        generator=site_generator(state, INFERENCE),
-    )
-    with eval_mode(state.model), torch.no_grad(), _autocast(state):
-        yield run
-
-
 def _run(state: TrainState, module: nn.Module, forward: Forward, batch: Any, index: int) -> Any:
-    batch = move(batch, state.device, non_blocking=state.device.type == "cuda")
-    if state.batch_dtype is not None:
-        batch = cast_floating(batch, state.batch_dtype)
+    batch = prepare(state, batch)
     seed_site(state, PREDICT, index)
     return forward(module, batch)
 
@@ -207,12 +136,6 @@ def _default_forward(model: nn.Module, batch: Any) -> Any:
         "forward=lambda model, batch: model(batch['image'])."
     )
     raise TypeError(msg)
-
-
-def _autocast(state: TrainState) -> contextlib.AbstractContextManager[Any]:
-    if state.autocast_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(state.device.type, dtype=state.autocast_dtype)
 
 
 def _ordered(state: TrainState, loader: Iterable[Any]) -> tuple[Iterable[Any], list[int] | None]:
