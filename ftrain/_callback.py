@@ -7,14 +7,13 @@ checked here for names that collide, when they are chained and when `fit` starts
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar, overload
 
 import attrs
 
-from ._errors import CallbackSignatureError, check_int
+from ._errors import CallbackSignatureError, check_int, refused_pair
 from ._events import EpochEnd, EvalEnd, Event, Interrupted, IntervalEnd, StepEnd
 from ._state import TrainState
 from ._typing import Callback, CallbackWithMemory
@@ -224,19 +223,13 @@ def check_callbacks(
         if isinstance(cb, _COMBINATORS):  # built by chain/on/every/when: checked then
             out.append(cb)
             continue
-        try:
-            sig = inspect.signature(cb)
-        except (TypeError, ValueError):
-            out.append(cb)
-            continue
-        try:
-            sig.bind(None, None)
-        except TypeError:
+        sig = refused_pair(cb)
+        if sig is not None:
             msg = (
                 f"{what} {name!r} passed to `{where}` must accept (state, event), but its "
                 f"signature is {sig}. A callback is a function (state, event) -> state."
             )
-            raise CallbackSignatureError(msg) from None
+            raise CallbackSignatureError(msg)
         out.append(cb)
     return out
 

@@ -10,6 +10,8 @@ every one of them.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
+from typing import Any
 
 __all__ = [
     "CallbackSignatureError",
@@ -152,18 +154,27 @@ def check_callable(name: str, value: object, arguments: str, example: str) -> No
     if not callable(value):
         msg = f"`{name}` must be a function {arguments} such as {example} (got {describe(value)})."
         raise TypeError(msg)
-    try:
-        signature = inspect.signature(value)
-    except (TypeError, ValueError):  # builtins and C callables: nothing to check
-        return
-    try:
-        signature.bind(None, None)
-    except TypeError:
+    signature = refused_pair(value)
+    if signature is not None:
         msg = (
             f"`{name}` must be a function {arguments} such as {example}, but its signature is "
             f"{signature} (got {describe(value)})."
         )
-        raise TypeError(msg) from None
+        raise TypeError(msg)
+
+
+def refused_pair(fn: Callable[..., Any]) -> inspect.Signature | None:
+    """The signature of ``fn`` when it cannot be called with two positional arguments, else
+    None (also when it has no signature to read: builtins and C callables go unchecked)."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        return signature
+    return None
 
 
 def _as_tuple(expected: type | tuple[type, ...]) -> tuple[type, ...]:
