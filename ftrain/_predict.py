@@ -18,7 +18,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Itera
 
 from ._batch import batch_size
 from ._collectives import agree_on_batches
-from ._data import EpochSampler, _rebuild
+from ._data import EpochSampler, resampled
 from ._errors import check_int, describe
 from ._passes import autocast, prepare
 from ._state import TrainState, check_live
@@ -147,15 +147,7 @@ def _ordered(state: TrainState, loader: Iterable[Any]) -> tuple[Iterable[Any], l
         return loader, list(iter(sampler))  # the user's own: its padding is dropped later
     if type(loader.batch_sampler) is not BatchSampler:
         return loader, None
-    ordered = EpochSampler(
-        loader.dataset,  # type: ignore[arg-type]
-        shuffle=False,
-        seed=state.seed,
-        num_replicas=state.world_size,
-        rank=state.rank,
-        pad=False,
-    )
-    rebuilt = _rebuild(loader, ordered, pin=state.device.type == "cuda")
+    rebuilt, ordered = resampled(state, loader, shuffle=False, drop_last=False, pad=False)
     return rebuilt, list(iter(ordered))
 
 
