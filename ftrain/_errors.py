@@ -154,27 +154,28 @@ def check_callable(name: str, value: object, arguments: str, example: str) -> No
     if not callable(value):
         msg = f"`{name}` must be a function {arguments} such as {example} (got {describe(value)})."
         raise TypeError(msg)
-    signature = refused_pair(value)
-    if signature is not None:
-        msg = (
+
+    def refuse(signature: inspect.Signature) -> TypeError:
+        got = describe(value)
+        return TypeError(
             f"`{name}` must be a function {arguments} such as {example}, but its signature is "
-            f"{signature} (got {describe(value)})."
+            f"{signature} (got {got})."
         )
-        raise TypeError(msg)
+
+    check_pair(value, refuse)
 
 
-def refused_pair(fn: Callable[..., Any]) -> inspect.Signature | None:
-    """The signature of ``fn`` when it cannot be called with two positional arguments, else
-    None (also when it has no signature to read: builtins and C callables go unchecked)."""
+def check_pair(fn: Callable[..., Any], refuse: Callable[[inspect.Signature], Exception]) -> None:
+    """Raise ``refuse(signature)`` when ``fn`` cannot be called with two positional arguments
+    (a callable without a signature to read, a builtin or C function, goes unchecked)."""
     try:
         signature = inspect.signature(fn)
     except (TypeError, ValueError):
-        return None
+        return
     try:
         signature.bind(None, None)
     except TypeError:
-        return signature
-    return None
+        raise refuse(signature) from None
 
 
 def _as_tuple(expected: type | tuple[type, ...]) -> tuple[type, ...]:
