@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
-__all__ = ["batch_size", "cast_floating", "move"]
+__all__ = ["batch_size", "cast_floating", "map_tensors", "move"]
 
 _Tensor = torch.Tensor
 
@@ -112,12 +112,26 @@ def _first_dim(x: Any) -> int | None:
 
 def cast_floating(batch: Any, dtype: torch.dtype) -> Any:
     """Return ``batch`` with floating-point tensors cast to ``dtype`` (``*-true`` precision)."""
-    if isinstance(batch, _Tensor):
-        return batch.to(dtype) if batch.is_floating_point() else batch
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(cast_floating(v, dtype) for v in batch))
-    if isinstance(batch, tuple | list):
-        return type(batch)(cast_floating(v, dtype) for v in batch)
-    if isinstance(batch, Mapping):
-        return {k: cast_floating(v, dtype) for k, v in batch.items()}
-    return batch
+
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        return t.to(dtype) if t.is_floating_point() else t
+
+    return map_tensors(cast, batch, _unchanged)
+
+
+def map_tensors(fn: Callable[[torch.Tensor], Any], tree: Any, other: Callable[[Any], Any]) -> Any:
+    """``tree`` with ``fn`` applied to each tensor in its nesting of tuples, lists, dicts and
+    namedtuples, and ``other`` to each other leaf (which may pass it through or raise)."""
+    if isinstance(tree, _Tensor):
+        return fn(tree)
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return type(tree)(*(map_tensors(fn, v, other) for v in tree))
+    if isinstance(tree, tuple | list):
+        return type(tree)(map_tensors(fn, v, other) for v in tree)
+    if isinstance(tree, Mapping):
+        return {k: map_tensors(fn, v, other) for k, v in tree.items()}
+    return other(tree)
+
+
+def _unchanged(leaf: Any) -> Any:
+    return leaf

@@ -7,6 +7,7 @@ checked here for names that collide, when they are chained and when `fit` starts
 
 from __future__ import annotations
 
+import functools
 import inspect
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -14,7 +15,7 @@ from typing import Any, TypeVar, overload
 
 import attrs
 
-from ._errors import CallbackSignatureError, check_int
+from ._errors import CallbackSignatureError, check_int, check_pair
 from ._events import EpochEnd, EvalEnd, Event, Interrupted, IntervalEnd, StepEnd
 from ._state import TrainState
 from ._typing import Callback, CallbackWithMemory
@@ -224,21 +225,16 @@ def check_callbacks(
         if isinstance(cb, _COMBINATORS):  # built by chain/on/every/when: checked then
             out.append(cb)
             continue
-        try:
-            sig = inspect.signature(cb)
-        except (TypeError, ValueError):
-            out.append(cb)
-            continue
-        try:
-            sig.bind(None, None)
-        except TypeError:
-            msg = (
-                f"{what} {name!r} passed to `{where}` must accept (state, event), but its "
-                f"signature is {sig}. A callback is a function (state, event) -> state."
-            )
-            raise CallbackSignatureError(msg) from None
+        check_pair(cb, functools.partial(_refused_callback, f"{what} {name!r} passed to `{where}`"))
         out.append(cb)
     return out
+
+
+def _refused_callback(which: str, signature: inspect.Signature) -> CallbackSignatureError:
+    return CallbackSignatureError(
+        f"{which} must accept (state, event), but its signature is {signature}. A callback is a "
+        "function (state, event) -> state."
+    )
 
 
 def _name(cb: object) -> str:

@@ -30,7 +30,7 @@ from ._prefetch import DevicePrefetcher
 from ._rng import mix
 from ._state import TrainState
 
-__all__ = ["EpochSampler", "num_batches", "prepare_loader", "start_epoch"]
+__all__ = ["EpochSampler", "num_batches", "prepare_loader", "resampled", "start_epoch"]
 
 
 class EpochSampler(DistributedSampler[int]):
@@ -151,16 +151,25 @@ def _prepare(state: TrainState, loader: Iterable[Any], train: bool) -> Any:
         shuffle = True
     else:
         return _kept(state, loader)
-    new_sampler = EpochSampler(
+    drop_last = loader.drop_last and train
+    return resampled(state, loader, shuffle=shuffle, drop_last=drop_last, pad=train)[0]
+
+
+def resampled(
+    state: TrainState, loader: DataLoader[Any], *, shuffle: bool, drop_last: bool, pad: bool
+) -> tuple[DataLoader[Any], EpochSampler]:
+    """``loader`` rebuilt on an `EpochSampler` of its dataset for ``state``'s seed and rank
+    (pinned on CUDA), and that sampler."""
+    sampler = EpochSampler(
         loader.dataset,  # type: ignore[arg-type]
         shuffle=shuffle,
         seed=state.seed,
         num_replicas=state.world_size,
         rank=state.rank,
-        drop_last=loader.drop_last and train,
-        pad=train,
+        drop_last=drop_last,
+        pad=pad,
     )
-    return _rebuild(loader, new_sampler, pin=state.device.type == "cuda")
+    return _rebuild(loader, sampler, pin=state.device.type == "cuda"), sampler
 
 
 def _kept(state: TrainState, loader: DataLoader[Any]) -> DataLoader[Any]:

@@ -10,6 +10,8 @@ every one of them.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
+from typing import Any
 
 __all__ = [
     "CallbackSignatureError",
@@ -152,18 +154,28 @@ def check_callable(name: str, value: object, arguments: str, example: str) -> No
     if not callable(value):
         msg = f"`{name}` must be a function {arguments} such as {example} (got {describe(value)})."
         raise TypeError(msg)
+
+    def refuse(signature: inspect.Signature) -> TypeError:
+        got = describe(value)
+        return TypeError(
+            f"`{name}` must be a function {arguments} such as {example}, but its signature is "
+            f"{signature} (got {got})."
+        )
+
+    check_pair(value, refuse)
+
+
+def check_pair(fn: Callable[..., Any], refuse: Callable[[inspect.Signature], Exception]) -> None:
+    """Raise ``refuse(signature)`` when ``fn`` cannot be called with two positional arguments
+    (a callable without a signature to read, a builtin or C function, goes unchecked)."""
     try:
-        signature = inspect.signature(value)
-    except (TypeError, ValueError):  # builtins and C callables: nothing to check
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
         return
     try:
         signature.bind(None, None)
     except TypeError:
-        msg = (
-            f"`{name}` must be a function {arguments} such as {example}, but its signature is "
-            f"{signature} (got {describe(value)})."
-        )
-        raise TypeError(msg) from None
+        raise refuse(signature) from None
 
 
 def _as_tuple(expected: type | tuple[type, ...]) -> tuple[type, ...]:

@@ -81,8 +81,9 @@ class StepEnd:
 
 
 @attrs.frozen(kw_only=True)
-class IntervalEnd:
-    """End of a log interval: sample-weighted means over it, as floats (one sync per interval)."""
+class _Summary:
+    """The fields of the events that report host metrics (floats): ``step``, ``epoch``,
+    ``metrics``. Each such event is its own subclass, so callbacks dispatch on the subclass."""
 
     step: int
     epoch: int
@@ -90,22 +91,19 @@ class IntervalEnd:
 
 
 @attrs.frozen(kw_only=True)
-class EpochEnd:
+class IntervalEnd(_Summary):
+    """End of a log interval: sample-weighted means over it, as floats (one sync per interval)."""
+
+
+@attrs.frozen(kw_only=True)
+class EpochEnd(_Summary):
     """An epoch finished. ``metrics`` hold ``train_*`` means, ``lr``, ``epoch_time`` and
     ``samples_per_sec``."""
 
-    step: int
-    epoch: int
-    metrics: Mapping[str, float]
-
 
 @attrs.frozen(kw_only=True)
-class EvalEnd:
+class EvalEnd(_Summary):
     """Validation finished. ``metrics`` hold ``val_*`` means over every validation sample."""
-
-    step: int
-    epoch: int
-    metrics: Mapping[str, float]
 
 
 @attrs.frozen(kw_only=True)

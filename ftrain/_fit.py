@@ -1,4 +1,9 @@
-"""`fit`: `train_epoch` and `eval_epoch` in one loop, with callbacks, limits and stop signals."""
+"""`fit`: `train_epoch` and `eval_epoch` in one loop, with callbacks, limits and stop signals.
+
+Over 300 lines because `fit` is one public function whose many options (limits, validation
+cadence and weights, resume, signals, callbacks) are each checked up front and documented in its
+docstring; the private helpers here exist only to keep that one loop readable.
+"""
 
 from __future__ import annotations
 

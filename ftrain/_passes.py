@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ._batch import cast_floating, move
-from ._outputs import UNSET, StepContext, read_output
+from ._outputs import UNSET, Output, StepContext, read_output
 from ._phases import Phase
 from ._rng import seed_step
 from ._state import TrainState
@@ -25,6 +25,7 @@ from ._weighting import weigh
 __all__ = [
     "apply_update",
     "autocast",
+    "call_with_context",
     "detach",
     "initial_carry",
     "prefixed",
@@ -70,6 +71,28 @@ def initial_carry(state: TrainState, module: nn.Module, batch: Any) -> Any:
     return None if init is None else init(module, batch)
 
 
+def call_with_context(
+    state: TrainState,
+    p: Phase,
+    module: nn.Module,
+    batch: Any,
+    carry: Any,
+    handoff: Mapping[str, Any],
+    *,
+    training: bool,
+) -> Output:
+    """Call the loss function of ``p``, which takes a `StepContext`, and read what it returned."""
+    ctx = StepContext(
+        carry=carry,
+        handoff=handoff,
+        extras=state.extras,
+        step=state.step,
+        phase=p.name or None,
+        training=training,
+    )
+    return read_output(p.loss_fn(module, batch, ctx))
+
+
 def run_phase(
     state: TrainState,
     p: Phase,
@@ -101,16 +124,8 @@ def run_phase(
         made = carry is UNSET
         if made:
             carry = initial_carry(state, module, batch)
-        ctx = StepContext(
-            carry=carry,
-            handoff=handoff,
-            extras=state.extras,
-            step=state.step,
-            phase=p.name or None,
-            training=True,
-        )
         with autocast(state):
-            out = read_output(p.loss_fn(module, batch, ctx))
+            out = call_with_context(state, p, module, batch, carry, handoff, training=True)
         if out.carry is not UNSET:
             carry = detach(out.carry)
         elif not made:

@@ -16,9 +16,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, IterableDataset
 
-from ._batch import batch_size
+from ._batch import batch_size, map_tensors
 from ._collectives import agree_on_batches
-from ._data import EpochSampler, _rebuild
+from ._data import EpochSampler, resampled
 from ._errors import check_int, describe
 from ._passes import autocast, prepare
 from ._state import TrainState, check_live
@@ -147,15 +147,7 @@ def _ordered(state: TrainState, loader: Iterable[Any]) -> tuple[Iterable[Any], l
         return loader, list(iter(sampler))  # the user's own: its padding is dropped later
     if type(loader.batch_sampler) is not BatchSampler:
         return loader, None
-    ordered = EpochSampler(
-        loader.dataset,  # type: ignore[arg-type]
-        shuffle=False,
-        seed=state.seed,
-        num_replicas=state.world_size,
-        rank=state.rank,
-        pad=False,
-    )
-    rebuilt = _rebuild(loader, ordered, pin=state.device.type == "cuda")
+    rebuilt, ordered = resampled(state, loader, shuffle=False, drop_last=False, pad=False)
     return rebuilt, list(iter(ordered))
 
 
@@ -209,14 +201,10 @@ def _detach(tree: Any) -> Any:
 
 
 def _tree_map(fn: Callable[..., torch.Tensor], tree: Any) -> Any:
-    if isinstance(tree, torch.Tensor):
-        return fn(tree)
-    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
-        return type(tree)(*(_tree_map(fn, v) for v in tree))
-    if isinstance(tree, tuple | list):
-        return type(tree)(_tree_map(fn, v) for v in tree)
-    if isinstance(tree, Mapping):
-        return {k: _tree_map(fn, v) for k, v in tree.items()}
+    return map_tensors(fn, tree, _not_an_output)
+
+
+def _not_an_output(tree: Any) -> None:
     msg = (
         f"`predict` outputs must be tensors, or tuples, lists and dicts of tensors "
         f"(got {describe(tree)})."

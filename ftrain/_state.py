@@ -1,9 +1,10 @@
 """`TrainState`: the frozen record that holds everything a training run needs to go on.
 
-Over 300 lines because the record, its checked constructor and the rules for copying it (the
-validated `replace` and the phase views, the hot path's unvalidated `advance`/`set_progress`)
-belong together: the lineage invariant they share is only readable in one place. `fork` is in
-``_fork.py``, the building of phases in ``_build.py``.
+Over 300 lines because the record's fields, its checked constructor, the validated `replace` and
+the phase views (`optimizer`, `optimizers`, ...) are one public surface, documented together:
+most of the length is their docstrings. The lineage and the hot path's unvalidated copies
+(`advance`/`set_progress`) are in ``_lineage.py``, `fork` in ``_fork.py``, the building of
+phases in ``_build.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from ._build import as_module, check_extras, check_state_phases, make_phases, phases_tuple
-from ._errors import StaleStateError, check_int, check_type, describe
+from ._errors import check_int, check_type, describe
+from ._lineage import Lineage, advance, raise_stale, set_progress
 from ._phases import Phase
 from ._state_checks import model_device
 from ._typing import LossFn, Strategy
@@ -31,21 +33,6 @@ __all__ = ["Lineage", "TrainState", "advance", "check_live", "set_progress"]
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 SchedulerFactory = Callable[[Optimizer], LRScheduler]
-
-
-class Lineage:
-    """The version counter shared by every record that holds the same live weights.
-
-    Records made by `replace` share it with their source and stay live together; a function that
-    advances the weights bumps `version`, which makes every record of the older version stale.
-    """
-
-    __slots__ = ("consumed_at_step", "consumed_by", "version")
-
-    def __init__(self) -> None:
-        self.version = 0
-        self.consumed_by = ""
-        self.consumed_at_step = -1
 
 
 _PHASE_VIEWS = ("optimizer", "loss_fn", "scheduler", "scheduler_interval")
@@ -341,61 +328,6 @@ class TrainState:
         )
 
 
-# The hot path's copy of the record: every step makes a new record, and attrs.evolve re-runs all
-# validators (~6 us). `_copy` copies the instance dict instead (~0.6 us), skipping validation,
-# because only ftrain's own code calls it, with values it computed itself; users go through
-# `replace`. The record is a dict-backed (not slotted) frozen class so that this copy is one
-# C-level dict update; writing `new.__dict__` directly bypasses the frozen `__setattr__` (as
-# attrs' own generated __init__ does).
-_new = object.__new__
-
-
-def _copy(state: TrainState, changes: Mapping[str, Any]) -> TrainState:
-    """The one unvalidated copy of a record: ``state`` with ``changes`` applied."""
-    new = _new(TrainState)
-    d = new.__dict__
-    d.update(state.__dict__)
-    d.update(changes)
-    return new
-
-
-def advance(state: TrainState, by: str, **changes: Any) -> TrainState:
-    """Consume ``state`` (``by`` names the consumer) and return the next live record.
-
-    Every record of ``state``'s weights becomes stale; the returned one, with ``changes``
-    applied, is the only live one. For functions that change the weights (steps, `place`, `load`).
-    """
-    lineage = state._lineage
-    if state._version != lineage.version:
-        _raise_stale(state, by)
-    lineage.version += 1
-    lineage.consumed_by = by
-    lineage.consumed_at_step = state.step
-    changes["_version"] = lineage.version
-    return _copy(state, changes)
-
-
-def set_progress(state: TrainState, **changes: Any) -> TrainState:
-    """``state`` with the loop's bookkeeping fields changed (epoch position, totals, stop flag).
-
-    Unvalidated like `advance`, but consumes nothing: the weights are the same, so the new
-    record shares ``state``'s lineage and both stay live.
-    """
-    return _copy(state, changes)
-
-
-def _raise_stale(state: TrainState, where: str) -> None:
-    lineage = state._lineage
-    msg = (
-        f"`state` passed to `{where}` is stale: its weights were advanced by "
-        f"`{lineage.consumed_by}` at step {lineage.consumed_at_step} (this record is version "
-        f"{state._version}, the weights are now at version {lineage.version}). ftrain updates "
-        "weights in place, so use the state that call returned; to keep the old weights, take a "
-        "copy first with `ftrain.fork(state)`."
-    )
-    raise StaleStateError(msg)
-
-
 def check_live(state: object, where: str) -> None:
     """Raise a clear error unless ``state`` is a live `TrainState`."""
     if type(state) is not TrainState:
@@ -408,4 +340,4 @@ def check_live(state: object, where: str) -> None:
             msg = f"`state` passed to `{where}` must be a TrainState (got {describe(state)})."
         raise TypeError(msg)
     if state._version != state._lineage.version:
-        _raise_stale(state, where)
+        raise_stale(state, where)

@@ -22,10 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._outputs import UNSET, StepContext, read_output
+from ._outputs import UNSET, read_output
 from ._passes import (
     apply_update,
     autocast,
+    call_with_context,
     initial_carry,
     prefixed,
     prepare,
@@ -276,15 +277,7 @@ def eval_outputs(state: TrainState, batch: Any, carry: Any, index: int = 0) -> t
             if p.takes_context:
                 if carry is UNSET:
                     carry = initial_carry(state, module, batch)
-                ctx = StepContext(
-                    carry=carry,
-                    handoff=handoff,
-                    extras=state.extras,
-                    step=state.step,
-                    phase=p.name or None,
-                    training=False,
-                )
-                out = read_output(p.loss_fn(module, batch, ctx))
+                out = call_with_context(state, p, module, batch, carry, handoff, training=False)
                 if out.carry is not UNSET:
                     carry = out.carry
                 handoff.update(out.handoff)

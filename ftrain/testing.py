@@ -1,5 +1,8 @@
 """A kit for testing training code: tiny states and batches, and assertions on steps.
 
+It is one module, a little over 300 lines, because it is the public ``ftrain.testing``
+namespace: a handful of short, independent helpers that users import from one place.
+
 Example:
     >>> import ftrain
     >>> state = ftrain.testing.toy_state(seed=1)

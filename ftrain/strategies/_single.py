@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -12,6 +12,7 @@ from torch import nn
 from .._errors import PlacementError, check_type
 from ._placement import place_on
 from ._precision import check_precision
+from ._unplaced import OneProcess
 
 if TYPE_CHECKING:
     from .._state import TrainState
@@ -20,7 +21,7 @@ __all__ = ["SingleDevice", "resolve_device"]
 
 
 @attrs.frozen
-class SingleDevice:
+class SingleDevice(OneProcess):
     """Train in this process on one device.
 
     Attributes:
@@ -47,21 +48,9 @@ class SingleDevice:
     compile: bool | Mapping[str, Any] = False
     """Compile the model with `torch.compile` (True, or a dict of its keyword arguments)."""
 
-    world_size: int = attrs.field(default=1, init=False, repr=False)
-    rank: int = attrs.field(default=0, init=False, repr=False)
-    lockstep_eval: bool = attrs.field(default=False, init=False, repr=False)
-    backward_inputs: bool = attrs.field(default=True, init=False, repr=False)
-    sharded_checkpoint: bool = attrs.field(default=False, init=False, repr=False)
-
     def setup(self, state: TrainState) -> TrainState:
         device = resolve_device(self.device)
         return place_on(state, attrs.evolve(self, device=device), device, self.precision)
-
-    def reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor
-
-    def sync_gradients(self, parameters: Iterable[torch.Tensor]) -> None:
-        pass
 
     def rewrap(self, model: nn.Module) -> nn.Module | None:
         """The compiled form of ``model`` the steps call, or None (they call ``model``)."""
@@ -69,9 +58,6 @@ class SingleDevice:
             return None
         options = {} if self.compile is True else dict(self.compile)
         return torch.compile(model, **options)  # type: ignore[return-value]
-
-    def eval_module(self, state: TrainState) -> nn.Module:
-        return state.module
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
