@@ -21,7 +21,7 @@ import torch
 from ._averaging import using_weights
 from ._batch import batch_size
 from ._callback import chain
-from ._collectives import agree_on_batches, reducer
+from ._collectives import agree_on_batches, in_lockstep, reducer
 from ._data import prepare_loader, start_epoch
 from ._errors import check_callable, check_int, check_type, describe
 from ._events import EpochEnd, EpochStart, Event, Interrupted, IntervalEnd, StepEnd
@@ -104,6 +104,8 @@ def train_epoch(
         total = min(total, max_batches)
     if reduce_sum is not None and total is not None:
         agree_on_batches(state, total, "train_epoch", equal=True)
+    elif reduce_sum is not None:  # no length to agree on: agree batch by batch
+        batches = in_lockstep(state, batches, "train_epoch")
     if state.epoch_batch == 0:  # a fresh epoch: no totals, and the carry is made anew
         state = set_progress(state, epoch_totals={}, carry=UNSET)
     interval = MeanAccumulator(state.step)

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -34,3 +41,40 @@ def make_loaders(n: int = 96, batch_size: int = 16) -> tuple[DataLoader, DataLoa
 def params(state: ftrain.TrainState) -> list[torch.Tensor]:
     """Copies of the model's parameters, to compare with after a step."""
     return [p.detach().clone() for p in state.model.parameters()]
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_torchrun(
+    script: str | Path,
+    *args: str,
+    nproc: int = 2,
+    timeout: float = 180,
+    extra: tuple[str, ...] = (),
+) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` under torchrun on ``nproc`` local processes (gloo on the loopback).
+
+    The job gets a session of its own, so a timeout kills torchrun *and* its workers (no orphans
+    left), and the test fails with the end of their stderr.
+    """
+    env = {
+        **os.environ,
+        "GLOO_SOCKET_IFNAME": "lo",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", *extra, str(script), *args]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        job = f"{Path(script).name} {' '.join(args)}"
+        pytest.fail(f"torchrun {job} timed out after {timeout} s:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

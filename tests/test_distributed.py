@@ -1,16 +1,13 @@
 """DDP and FSDP under torchrun (2 processes, gloo on CPU) train like one process."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import warnings
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_torchrun
 from scripts import dist_worker, gan
 
 import ftrain
@@ -21,35 +18,9 @@ TIMING = ("epoch_time", "samples_per_sec")
 
 
 def torchrun(mode, out, nproc=2, timeout=180, extra=()):
-    env = {
-        **os.environ,
-        "GLOO_SOCKET_IFNAME": "lo",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(ROOT),
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        *extra,
-        dist_worker.__file__,
-        mode,
-        str(out),
-    ]
-    # A session of its own, so a timeout kills torchrun *and* its workers (no orphans left).
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"torchrun {mode} timed out after {timeout} s:\n{err[-3000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    return run_torchrun(
+        dist_worker.__file__, mode, str(out), nproc=nproc, timeout=timeout, extra=extra
+    )
 
 
 def single_process_reference():
@@ -113,6 +84,14 @@ def test_a_loader_empty_on_one_rank_is_an_error_on_every_rank(tmp_path):
     assert proc.returncode != 0
     text = proc.stderr + proc.stdout
     assert text.count("yields no batches on at least one process") >= 2
+
+
+@pytest.mark.timeout(300)
+def test_a_loader_without_len_short_on_one_rank_is_a_clear_error_on_every_rank(tmp_path):
+    proc = torchrun("short", tmp_path / "x", timeout=150)
+    assert proc.returncode != 0
+    text = proc.stderr + proc.stdout
+    assert text.count("has no len() and ran out after 2 batches on some processes") >= 2
 
 
 @pytest.mark.timeout(300)

@@ -1,14 +1,11 @@
 """The word-level LSTM language model: a carry threaded through a pure step, resumed exactly."""
 
 import importlib.util
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_torchrun
 
 import ftrain
 
@@ -48,22 +45,9 @@ def test_kill_and_resume_mid_epoch_is_bit_exact_on_one_process(tmp_path):
 
 
 def torchrun(args, timeout=240):
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(ROOT)}  # fmt: skip
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(ROOT / "examples" / "lstm_lm.py"), "--ddp", *args]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"torchrun timed out:\n{err[-3000:]}")
-    assert proc.returncode == 0, err[-3000:]
-    return out
+    proc = run_torchrun(ROOT / "examples" / "lstm_lm.py", "--ddp", *args, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
 
 
 @pytest.mark.timeout(600)
