@@ -79,19 +79,17 @@ def test_a_rank_that_raises_fails_the_job_with_its_error(tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_a_loader_empty_on_one_rank_is_an_error_on_every_rank(tmp_path):
-    proc = torchrun("empty", tmp_path / "x", timeout=150)
+@pytest.mark.parametrize(
+    ("mode", "message"),
+    [
+        ("empty", "yields no batches on at least one process"),  # a loader empty on one rank
+        ("short", "has no len() and ran out after 2 batches on some processes"),  # no len()
+    ],
+)
+def test_a_loader_short_on_one_rank_is_a_clear_error_on_every_rank(tmp_path, mode, message):
+    proc = torchrun(mode, tmp_path / "x", timeout=150)
     assert proc.returncode != 0
-    text = proc.stderr + proc.stdout
-    assert text.count("yields no batches on at least one process") >= 2
-
-
-@pytest.mark.timeout(300)
-def test_a_loader_without_len_short_on_one_rank_is_a_clear_error_on_every_rank(tmp_path):
-    proc = torchrun("short", tmp_path / "x", timeout=150)
-    assert proc.returncode != 0
-    text = proc.stderr + proc.stdout
-    assert text.count("has no len() and ran out after 2 batches on some processes") >= 2
+    assert (proc.stderr + proc.stdout).count(message) >= 2
 
 
 @pytest.mark.timeout(300)
